@@ -1,0 +1,82 @@
+"""Bidirectional multi-head self-attention with a hook on every intermediate and a per-head mask."""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from vit_interp.config import ViTConfig
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all tokens (no causal mask).
+
+    Parameters use TransformerLens layout: ``W_Q, W_K, W_V [n_heads, d_model, d_head]``,
+    ``b_Q, b_K, b_V [n_heads, d_head]``, ``W_O [n_heads, d_head, d_model]``, ``b_O [d_model]``.
+
+    The head mask (``hook_head_mask``, ones unless a hook or a gate changes it) multiplies each
+    head's ``z`` *before* ``hook_z``, so the cached ``z`` is exactly what reaches ``W_O`` and
+    TransformerLens' per-head decompositions stay correct for gated models. Kept heads are not
+    rescaled.
+
+    Hooks:
+        hook_q, hook_k, hook_v, hook_z: ``[batch, pos, n_heads, d_head]``.
+        hook_attn_scores, hook_pattern: ``[batch, n_heads, q_pos, k_pos]`` (scores are pre-softmax,
+            scaled by ``1/sqrt(d_head)``).
+        hook_head_mask: ``[batch, n_heads]``.
+        hook_result: ``[batch, pos, n_heads, d_model]``, only when ``cfg.use_attn_result``.
+    """
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        factory = {"dtype": cfg.dtype, "device": cfg.device}
+        h, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.W_Q = nn.Parameter(torch.empty(h, d, e, **factory))
+        self.W_K = nn.Parameter(torch.empty(h, d, e, **factory))
+        self.W_V = nn.Parameter(torch.empty(h, d, e, **factory))
+        self.W_O = nn.Parameter(torch.empty(h, e, d, **factory))
+        self.b_Q = nn.Parameter(torch.zeros(h, e, **factory))
+        self.b_K = nn.Parameter(torch.zeros(h, e, **factory))
+        self.b_V = nn.Parameter(torch.zeros(h, e, **factory))
+        self.b_O = nn.Parameter(torch.zeros(d, **factory))
+        self.attn_scale = e**0.5
+
+        self.hook_q = HookPoint()
+        self.hook_k = HookPoint()
+        self.hook_v = HookPoint()
+        self.hook_attn_scores = HookPoint()
+        self.hook_pattern = HookPoint()
+        self.hook_head_mask = HookPoint()
+        self.hook_z = HookPoint()
+        self.set_use_attn_result(cfg.use_attn_result)
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Add or remove ``hook_result``; a hook point exists only when it fires."""
+        self.hook_result = HookPoint() if use_attn_result else None
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        n_heads = self.cfg.n_heads
+        # One fused projection for q, k, v (as timm does) is faster than three einsums.
+        w_qkv = rearrange(torch.stack([self.W_Q, self.W_K, self.W_V]), "three h d e -> d (three h e)")
+        b_qkv = rearrange(torch.stack([self.b_Q, self.b_K, self.b_V]), "three h e -> (three h e)")
+        qkv = rearrange(x @ w_qkv + b_qkv, "b p (three h e) -> three b p h e", three=3, h=n_heads)
+        q = self.hook_q(qkv[0])
+        k = self.hook_k(qkv[1])
+        v = self.hook_v(qkv[2])
+
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / self.attn_scale
+        scores = self.hook_attn_scores(scores)
+        pattern = self.hook_pattern(scores.softmax(dim=-1))
+        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+
+        mask = self.hook_head_mask(torch.ones(x.shape[0], n_heads, dtype=z.dtype, device=z.device))
+        z = self.hook_z(z * mask[:, None, :, None])
+
+        if self.hook_result is not None:
+            result = self.hook_result(torch.einsum("bphe,hed->bphd", z, self.W_O))
+            return result.sum(dim=-2) + self.b_O
+        return rearrange(z, "b p h e -> b p (h e)") @ rearrange(self.W_O, "h e d -> (h e) d") + self.b_O
