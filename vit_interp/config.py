@@ -11,16 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Literal, Optional, Union
 
 import torch
 
 from vit_interp.errors import ConfigError
 
-ActFn = Literal["gelu", "gelu_tanh", "quick_gelu", "relu", "silu"]
 NormalizationType = Literal["LN", "LNPre"]
-Pool = Literal["cls", "mean", "cls_dist"]
-FinalNorm = Literal["pre_pool", "post_pool"]
 
 ACT_FNS: tuple[str, ...] = ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu")
 NORMALIZATION_TYPES: tuple[str, ...] = ("LN", "LNPre")
@@ -92,27 +90,27 @@ class ViTConfig:
     n_heads: int
     d_head: Optional[int] = None
     d_mlp: Optional[int] = None
-    act_fn: ActFn = "gelu"
-    normalization_type: NormalizationType = "LN"
+    act_fn: str = "gelu"
+    normalization_type: str = "LN"
     eps: float = 1e-6
     image_size: SizeLike = 224
     patch_size: SizeLike = 16
     in_channels: int = 3
     n_classes: int = 1000
-    class_names: Optional[list[str]] = None
-    pool: Pool = "cls"
+    class_names: Optional[Sequence[str]] = None
+    pool: str = "cls"
     pool_include_prefix: bool = False
-    final_norm: FinalNorm = "pre_pool"
+    final_norm: str = "pre_pool"
     class_token: bool = True
     distill_token: bool = False
     n_register_tokens: int = 0
     pos_embed_prefix: bool = True
     ln_pre: bool = False
     use_attn_result: bool = False
-    image_mean: Optional[tuple[float, ...]] = None
-    image_std: Optional[tuple[float, ...]] = None
+    image_mean: Optional[Sequence[float]] = None
+    image_std: Optional[Sequence[float]] = None
     device: Optional[str] = None
-    dtype: torch.dtype = torch.float32
+    dtype: Union[str, torch.dtype] = torch.float32
     seed: Optional[int] = None
     # TransformerLens reads these; a ViT has no attention-only or grouped-query variants.
     attn_only: bool = field(default=False, init=False)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Optional, Union
 
 import torch
 from jaxtyping import Float
@@ -123,7 +124,7 @@ class HookedViT(HookedRootModule):
     # Forward ------------------------------------------------------------------------------------
     def forward(
         self,
-        images: Tensor,
+        images: Any,
         *,
         stop_at_layer: Optional[int] = None,
         start_at_layer: Optional[int] = None,
@@ -154,7 +155,7 @@ class HookedViT(HookedRootModule):
             return resid
         return self.classify(resid)
 
-    def embed_images(self, images: Tensor) -> Float[Tensor, "batch pos d_model"]:
+    def embed_images(self, images: Any) -> Float[Tensor, "batch pos d_model"]:
         """Validated images → the residual stream entering block 0."""
         images = self.validate_images(images)
         embed = self.hook_embed(self.embed(images))
@@ -315,7 +316,7 @@ class HookedViT(HookedRootModule):
             **model_kwargs,
         )
         if pos_slice is not None:
-            pos_slice = pos_slice if isinstance(pos_slice, Slice) else Slice(pos_slice)
+            pos_slice = Slice.unwrap(pos_slice)  # like TransformerLens: an int keeps the axis
             for name, tensor in cache_dict.items():
                 pos_dim = self.pos_dim(name.removesuffix("_grad"))
                 if pos_dim is not None:
