@@ -18,7 +18,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
-from jupyter_client.manager import KernelManager  # noqa: E402
+from jupyter_client.manager import AsyncKernelManager  # noqa: E402
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
@@ -41,7 +41,7 @@ def _params() -> list:
     ]
 
 
-def _kernel_manager(tmp_path: Path) -> KernelManager:
+def _kernel_manager(tmp_path: Path) -> AsyncKernelManager:
     spec_dir = tmp_path / "kernels" / KERNEL_NAME
     spec_dir.mkdir(parents=True)
     spec = {
@@ -52,7 +52,7 @@ def _kernel_manager(tmp_path: Path) -> KernelManager:
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     specs = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
-    km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=specs)
+    km = AsyncKernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=specs)
     assert km.kernel_spec.argv[0] == sys.executable
     return km
 
@@ -71,7 +71,8 @@ def test_notebook_executes(path: Path, tmp_path: Path, monkeypatch: pytest.Monke
     )
     start = time.perf_counter()
     try:
-        client.execute()
+        # The client does not own a kernel manager it was given: ask it to shut the kernel down.
+        client.execute(cleanup_kc=True)
     except nbclient.exceptions.CellExecutionError as err:
         pytest.fail(f"{path.name} failed:\n{err}", pytrace=False)
     elapsed = time.perf_counter() - start
