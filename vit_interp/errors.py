@@ -37,3 +37,7 @@ class ClassIndexError(VitInterpError, IndexError):
 
 class UnsupportedModelError(VitInterpError, ValueError):
     """A model (e.g. a timm architecture) uses a feature HookedViT cannot represent exactly."""
+
+
+class DataError(VitInterpError, ValueError):
+    """A dataset file is missing, corrupt, truncated or inconsistent."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional, Union
@@ -103,6 +104,27 @@ class HookedViT(HookedRootModule):
         from vit_interp.loading.timm import hooked_vit_from_timm
 
         return hooked_vit_from_timm(model_or_name, pretrained=pretrained, fold_ln=fold_ln, device=device, **timm_kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: Union[str, "os.PathLike[str]"],
+        device: Optional[Union[str, torch.device]] = None,
+        fold_ln: bool = False,
+    ) -> "HookedViT":
+        """Load a model shipped with vit-interp by name (offline), or a folder saved by `save_pretrained`.
+
+        An unknown name raises an error listing the shipped models (`vit_interp.loading.available_models`).
+        """
+        from vit_interp.loading.pretrained import load_pretrained
+
+        return load_pretrained(name_or_path, device=device, fold_ln=fold_ln)
+
+    def save_pretrained(self, directory: Union[str, "os.PathLike[str]"], card: Optional[dict] = None) -> None:
+        """Save weights (safetensors) and config (JSON), and optionally a model card, into ``directory``."""
+        from vit_interp.loading.pretrained import save_pretrained
+
+        save_pretrained(self, directory, card)
 
     def _apply(self, fn, recurse: bool = True):  # keeps cfg.device/dtype right after .to()/.cuda()
         out = super()._apply(fn, recurse)

@@ -150,6 +150,7 @@ REFUSED = {
     "rotary": ("eva02_tiny_patch14_224", dict(img_size=28, patch_size=14)),
     "relative position bias": ("beit_base_patch16_224", dict(img_size=32, patch_size=16, depth=1, embed_dim=24, num_heads=3)),
     "SwiGLU": ("vit_tiny_patch16_224", dict(mlp_layer="swiglu")),
+    "hybrid convolutional stem": ("vit_tiny_r_s16_p8_224", dict(img_size=32, depth=1)),
 }
 
 
@@ -160,7 +161,7 @@ def test_unsupported_timm_features_are_refused_with_their_name(feature: str) -> 
         from timm.layers import SwiGLU
 
         overrides = {**overrides, "mlp_layer": SwiGLU}
-    kwargs = {**SMALL, **overrides} if name.startswith("vit_") else {"num_classes": 4, **overrides}
+    kwargs = {**SMALL, **overrides} if name.startswith("vit_tiny_patch") else {"num_classes": 4, **overrides}
     if name.startswith("eva"):
         kwargs.update(depth=1, embed_dim=24, num_heads=3)
     model = timm.create_model(name, pretrained=False, **kwargs)

@@ -30,7 +30,6 @@ _KNOWN_UNSUPPORTED = {
     "Eva": "rotary position embedding (RoPE) and SwiGLU MLPs",
     "VisionTransformerRelPos": "relative position bias",
     "VisionTransformerSAM": "windowed attention with relative position",
-    "VisionTransformerHybrid": "a convolutional stem",
     "NaFlexVit": "variable-resolution patch embedding",
     "Vitamin": "a convolutional stem",
     "Hiera": "hierarchical (multi-scale) attention",
@@ -87,6 +86,8 @@ def _check_supported(model: nn.Module) -> None:
     if model.attn_pool is not None or model.global_pool not in ("token", "avg"):
         raise _refuse(f"global_pool={model.global_pool!r} (supported: 'token', 'avg')")
     patch_embed = model.patch_embed
+    if type(patch_embed).__name__ != "PatchEmbed":
+        raise _refuse(f"a hybrid convolutional stem ({type(patch_embed).__name__}) instead of a patch embedding")
     if not isinstance(getattr(patch_embed, "norm", nn.Identity()), nn.Identity):
         raise _refuse("a normalisation inside the patch embedding (embed_norm_layer)")
     if getattr(patch_embed, "dynamic_img_pad", False):

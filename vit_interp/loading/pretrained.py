@@ -1,0 +1,75 @@
+"""Saved HookedViT models: a folder with ``model.safetensors`` + ``config.json`` (+ a model card).
+
+Models shipped inside the package live in ``vit_interp/pretrained/<name>/`` and load by name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from safetensors.torch import load_file
+
+from vit_interp.config import ViTConfig
+from vit_interp.errors import ConfigError
+from vit_interp.hooked_vit import HookedViT
+from vit_interp.io import save_json_atomic, save_tensors_atomic
+from vit_interp.weight_processing import fold_layer_norm
+
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "card.json"
+
+
+def available_models() -> list[str]:
+    """Names of the models shipped with vit-interp (loadable offline by name)."""
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(d.name for d in PRETRAINED_DIR.iterdir() if (d / CONFIG_FILE).is_file() and (d / WEIGHTS_FILE).is_file())
+
+
+def resolve_model_dir(name_or_path: Union[str, Path]) -> Path:
+    """A shipped model's name, or a folder written by `save_pretrained` / ``vit-interp train``."""
+    path = Path(name_or_path)
+    if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
+        return path
+    if str(name_or_path) in available_models():
+        return PRETRAINED_DIR / str(name_or_path)
+    raise ConfigError(
+        f"no model {str(name_or_path)!r}: not a shipped model ({available_models() or 'none shipped'}) and not a "
+        f"folder with {CONFIG_FILE} and {WEIGHTS_FILE}"
+    )
+
+
+def save_pretrained(model: HookedViT, directory: Union[str, Path], card: Optional[dict[str, Any]] = None) -> Path:
+    """Write a model folder (weights, config, optional card) atomically, file by file."""
+    directory = Path(directory)
+    save_tensors_atomic(model.state_dict(), directory / WEIGHTS_FILE)
+    save_json_atomic(model.cfg.to_dict() | {"device": None}, directory / CONFIG_FILE)
+    if card is not None:
+        save_json_atomic(card, directory / CARD_FILE)
+    return directory
+
+
+def load_pretrained(
+    name_or_path: Union[str, Path], device: Optional[Union[str, torch.device]] = None, fold_ln: bool = False
+) -> HookedViT:
+    """Load a shipped model by name, or a saved model folder, in eval mode."""
+    directory = resolve_model_dir(name_or_path)
+    cfg = ViTConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
+    state = load_file(str(directory / WEIGHTS_FILE))
+    if fold_ln:
+        state, cfg = fold_layer_norm(state, cfg)
+    cfg = cfg.replace(device=str(device) if device is not None else None, seed=None)
+    model = HookedViT(cfg)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def load_card(name_or_path: Union[str, Path]) -> dict[str, Any]:
+    """The model card (``card.json``) of a shipped or saved model; empty if it has none."""
+    path = resolve_model_dir(name_or_path) / CARD_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
