@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 
@@ -39,6 +40,93 @@ def _cmd_hooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="fashion-mnist",
+                        help="fashion-mnist (default), cifar10, cifar100 or folder:PATH")
+    parser.add_argument("--data-root", default=None, help="folder holding the dataset files (default: search the usual places)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import hashlib
+    import platform
+    import shlex
+
+    import torch
+
+    from vit_interp import HookedViT
+    from vit_interp.data import load_dataset
+    from vit_interp.data.fashion_mnist import fashion_mnist_files
+    from vit_interp.training import TrainConfig, default_model_config, evaluate, train_classifier
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load = dict(root=args.data_root, val_size=args.val_size, seed=args.split_seed)
+    train, val = load_dataset(args.dataset, "train", **load), load_dataset(args.dataset, "val", **load)
+    if args.limit:
+        train, val = train.head(args.limit), val.head(max(1, args.limit // 5))
+    if args.model == "default":
+        model = HookedViT(default_model_config(train, seed=args.seed))
+    elif args.model.startswith("timm:"):
+        model = HookedViT.from_timm(args.model.removeprefix("timm:"), pretrained=args.pretrained,
+                                    num_classes=train.n_classes, class_names=list(train.class_names),
+                                    **_parse_timm_kwargs(args.timm_arg))
+    else:
+        raise SystemExit(f"vit-interp: error: --model {args.model!r} must be 'default' or 'timm:NAME'")
+    model.to(_device(args.device))
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay)
+    history = train_classifier(model, train, config, val=val, out_dir=args.out, resume=args.resume,
+                               progress=not args.no_progress)
+    test = load_dataset(args.dataset, "test", root=args.data_root)
+    result = evaluate(model, test, progress=not args.no_progress)
+    state = __import__("json").loads((Path(args.out) / "train_state.json").read_text())
+    files = fashion_mnist_files(args.data_root) if args.dataset == "fashion-mnist" else []
+    card = {
+        "command": "vit-interp " + " ".join(shlex.quote(a) for a in args.argv),
+        "seed": args.seed,
+        "dataset": {"name": args.dataset, "n_train": len(train), "n_val": len(val), "n_test": len(test),
+                    "split_seed": args.split_seed,
+                    "files_sha256": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}},
+        "config": model.cfg.to_dict() | {"device": None},
+        "training": {"settings": config.__dict__, "history": history, "train_seconds": state["train_seconds"],
+                     "device": str(model.cfg.device), "torch_threads": torch.get_num_threads(),
+                     "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine()},
+        "test": result.to_dict(),
+    }
+    model.save_pretrained(args.out, card=card)
+    (Path(args.out) / "test_accuracy.md").write_text(result.to_markdown() + "\n")
+    print(result.to_markdown())
+    print(f"saved to {args.out} (test accuracy {result.accuracy:.2%}, 95% CI [{result.ci_low:.2%}, {result.ci_high:.2%}])")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from vit_interp import HookedViT
+    from vit_interp.data import load_dataset
+    from vit_interp.training import evaluate
+
+    model = HookedViT.from_pretrained(args.model, device=_device(args.device))
+    data = load_dataset(args.dataset, args.split, root=args.data_root)
+    result = evaluate(model, data, progress=not args.no_progress)
+    print(result.to_markdown())
+    print(f"accuracy {result.accuracy:.2%} (95% CI [{result.ci_low:.2%}, {result.ci_high:.2%}]) on {len(data)} {args.split} images")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``vit-interp`` (one sub-command per job)."""
     parser = argparse.ArgumentParser(
@@ -59,12 +147,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="keyword argument for timm.create_model, repeatable (e.g. --timm-arg depth=2)",
     )
     hooks.set_defaults(func=_cmd_hooks)
+
+    train = commands.add_parser(
+        "train", help="train a HookedViT classifier (the default architecture or a timm ViT) and write a model card",
+        description="Train on the training split (minus a held-out validation set), checkpoint every epoch, "
+                    "evaluate on the test split, and save model.safetensors, config.json and card.json into --out.",
+    )
+    _add_data_args(train)
+    train.add_argument("--out", required=True, help="output folder (checkpoints, model, card)")
+    train.add_argument("--model", default="default", help="'default' (6 layers, 6 heads, d_model 96) or timm:NAME")
+    train.add_argument("--pretrained", action="store_true", help="with timm:NAME, start from timm's pretrained weights (needs the network)")
+    train.add_argument("--timm-arg", action="append", default=[], metavar="KEY=VALUE", help="extra timm.create_model argument, repeatable")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--weight-decay", type=float, default=0.05)
+    train.add_argument("--warmup-epochs", type=float, default=2.0)
+    train.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
+    train.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation split")
+    train.add_argument("--val-size", type=int, default=None, help="validation hold-out size (default 5000)")
+    train.add_argument("--limit", type=int, default=0, help="train on the first N training images only (quick runs)")
+    train.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    train.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.safetensors")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="accuracy of a model overall and per class, with bootstrap 95%% CIs",
+        description="Evaluate a shipped model (by name) or a saved model folder on a dataset split.",
+    )
+    evaluate.add_argument("model", help="shipped model name (e.g. fashion-mnist-vit) or a folder from 'vit-interp train'")
+    _add_data_args(evaluate)
+    evaluate.add_argument("--split", default="test", help="test (default), val, train or train-full")
+    evaluate.add_argument("--json", default=None, help="also write the result as JSON to this file")
+    evaluate.set_defaults(func=_cmd_evaluate)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``vit-interp`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     return args.func(args)
 
 

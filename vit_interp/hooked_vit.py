@@ -95,15 +95,18 @@ class HookedViT(HookedRootModule):
         pretrained: bool = False,
         fold_ln: bool = False,
         device: Optional[Union[str, torch.device]] = None,
+        class_names: Optional[list[str]] = None,
         **timm_kwargs: Any,
     ) -> "HookedViT":
         """Convert a timm Vision Transformer (a module, or a name for ``timm.create_model``).
 
-        See `vit_interp.loading.timm.hooked_vit_from_timm` for the supported features.
+        See `vit_interp.loading.timm.hooked_vit_from_timm` for the arguments and supported features.
         """
         from vit_interp.loading.timm import hooked_vit_from_timm
 
-        return hooked_vit_from_timm(model_or_name, pretrained=pretrained, fold_ln=fold_ln, device=device, **timm_kwargs)
+        return hooked_vit_from_timm(
+            model_or_name, pretrained=pretrained, fold_ln=fold_ln, device=device, class_names=class_names, **timm_kwargs
+        )
 
     @classmethod
     def from_pretrained(

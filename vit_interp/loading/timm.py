@@ -231,6 +231,7 @@ def hooked_vit_from_timm(
     pretrained: bool = False,
     fold_ln: bool = False,
     device: Optional[Union[str, torch.device]] = None,
+    class_names: Optional[list[str]] = None,
     **timm_kwargs: Any,
 ) -> HookedViT:
     """Build a `HookedViT` equal to a timm Vision Transformer.
@@ -241,6 +242,7 @@ def hooked_vit_from_timm(
             or a populated Hugging Face cache).
         fold_ln: Fold LayerNorm weights into the following layers (`fold_layer_norm`).
         device: Device of the returned model (default: the timm model's device).
+        class_names: Names of the classifier's classes (one per output), stored in ``cfg.class_names``.
         **timm_kwargs: Passed to ``timm.create_model`` with a name (e.g. ``depth=2, img_size=32``).
 
     Returns:
@@ -264,7 +266,7 @@ def hooked_vit_from_timm(
     if fold_ln:
         state, cfg = fold_layer_norm(state, cfg)
     target = device if device is not None else model.patch_embed.proj.weight.device
-    cfg = cfg.replace(device=str(target))
+    cfg = cfg.replace(device=str(target), class_names=class_names)
     hooked = HookedViT(cfg)
     hooked.load_state_dict(state, strict=True)
     logger.info("converted timm %s: %d layers, %d heads, d_model %d", type(model).__name__, cfg.n_layers, cfg.n_heads, cfg.d_model)
