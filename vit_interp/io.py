@@ -40,3 +40,13 @@ def save_json_atomic(data: Any, path: str | Path) -> None:
             handle.write("\n")
 
     _atomic(Path(path), write)
+
+
+def save_text_atomic(text: str, path: str | Path) -> None:
+    """Write UTF-8 text via a temporary file and an atomic rename."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    _atomic(Path(path), write)

@@ -213,7 +213,9 @@ def train_classifier(
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = max(1, round(config.warmup_epochs * steps_per_epoch))
-    settings = {"train": dataclasses.asdict(config), "model": model.cfg.to_dict() | {"device": None}, "n_train": len(train)}
+    # What must match for a resume to continue the same run (the init seed no longer matters then).
+    architecture = model.cfg.to_dict() | {"device": None, "seed": None}
+    settings = {"train": dataclasses.asdict(config), "model": architecture, "n_train": len(train)}
 
     history: list[dict[str, Any]] = []
     start_epoch, elapsed = 0, 0.0

@@ -24,8 +24,8 @@ class ImageDataset:
         split: Which split this is (``train``, ``val``, ``test``, or a folder name).
     """
 
-    images: Float[Tensor, "n channels height width"]
-    labels: Int64[Tensor, " n"]
+    images: Float[Tensor, "n_images channels height width"]
+    labels: Int64[Tensor, " n_labels"]  # own dim name: a count mismatch gets our DataError
     class_names: list[str]
     name: str = ""
     split: str = ""

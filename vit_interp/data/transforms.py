@@ -25,7 +25,7 @@ def normalize(
     return (images - mean_t) / std_t
 
 
-def fit_to_model(images: Float[Tensor, "batch channels height width"], cfg: ViTConfig) -> Float[Tensor, "batch channels height width"]:
+def fit_to_model(images: Float[Tensor, "batch channels height width"], cfg: ViTConfig) -> Float[Tensor, "batch in_channels out_height out_width"]:
     """Resize to ``cfg.image_size`` (bilinear) and repeat grey images to ``cfg.in_channels`` channels."""
     channels = images.shape[1]
     if channels != cfg.in_channels:
@@ -40,7 +40,7 @@ def fit_to_model(images: Float[Tensor, "batch channels height width"], cfg: ViTC
     return images
 
 
-def prepare(images: Float[Tensor, "batch channels height width"], cfg: ViTConfig) -> Float[Tensor, "batch channels height width"]:
+def prepare(images: Float[Tensor, "batch channels height width"], cfg: ViTConfig) -> Float[Tensor, "batch in_channels out_height out_width"]:
     """Dataset images in [0, 1] → model input: `fit_to_model`, then `normalize` with the model's statistics."""
     return normalize(fit_to_model(images, cfg).to(cfg.dtype), cfg.image_mean, cfg.image_std)
 

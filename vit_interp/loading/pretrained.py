@@ -15,13 +15,14 @@ from safetensors.torch import load_file
 from vit_interp.config import ViTConfig
 from vit_interp.errors import ConfigError
 from vit_interp.hooked_vit import HookedViT
-from vit_interp.io import save_json_atomic, save_tensors_atomic
+from vit_interp.io import save_json_atomic, save_tensors_atomic, save_text_atomic
 from vit_interp.weight_processing import fold_layer_norm
 
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "card.json"
+CARD_MARKDOWN_FILE = "README.md"
 
 
 def available_models() -> list[str]:
@@ -51,7 +52,42 @@ def save_pretrained(model: HookedViT, directory: Union[str, Path], card: Optiona
     save_json_atomic(model.cfg.to_dict() | {"device": None}, directory / CONFIG_FILE)
     if card is not None:
         save_json_atomic(card, directory / CARD_FILE)
+        save_text_atomic(card_markdown(card, directory.name), directory / CARD_MARKDOWN_FILE)
     return directory
+
+
+def card_markdown(card: dict[str, Any], name: str) -> str:
+    """A short human-readable model card, generated from ``card.json`` (so the numbers cannot drift)."""
+    cfg, test, training = card.get("config", {}), card.get("test", {}), card.get("training", {})
+    lines = [f"# {name}", ""]
+    if card.get("description"):
+        lines += [card["description"], ""]
+    lines += ["## How it was made", "", f"```\n{card.get('command', '?')}\n```", ""]
+    lines.append(f"Seed {card.get('seed')}; trained for {training.get('train_seconds', 0) / 60:.1f} min on "
+                 f"{training.get('device', '?')} ({training.get('torch_threads', '?')} threads, torch {training.get('torch', '?')}).")
+    dataset = card.get("dataset", {})
+    lines += ["", f"Data: {dataset.get('name')} — {dataset.get('n_train')} training, {dataset.get('n_val')} validation "
+              f"(held out, split seed {dataset.get('split_seed')}), {dataset.get('n_test')} test images."]
+    for file, digest in dataset.get("files_sha256", {}).items():
+        lines.append(f"- `{file}` sha256 `{digest}`")
+    lines += ["", "## Architecture", "",
+              f"{cfg.get('n_layers')} layers, {cfg.get('n_heads')} heads of width {cfg.get('d_head')}, d_model "
+              f"{cfg.get('d_model')}, MLP {cfg.get('d_mlp')}, patch {cfg.get('patch_size')} on {cfg.get('image_size')} images "
+              f"({cfg.get('in_channels')} channel(s)), {cfg.get('pool')} pooling."]
+    if card.get("rationale"):
+        lines += ["", card["rationale"]]
+    if test:
+        lines += ["", "## Test accuracy", "", f"Overall **{test['accuracy']:.2%}** (95% bootstrap CI "
+                  f"[{test['ci95'][0]:.2%}, {test['ci95'][1]:.2%}], n = {test['n']}).", "",
+                  "| class | n | accuracy | 95% CI |", "|---|---:|---:|---|"]
+        for row in test.get("per_class", []):
+            lines.append(f"| {row['name']} | {row['n']} | {row['accuracy']:.2%} | [{row['ci_low']:.2%}, {row['ci_high']:.2%}] |")
+    history = training.get("history", [])
+    if history:
+        lines += ["", "## Training curve", "", "| epoch | loss | train acc | val acc |", "|---:|---:|---:|---:|"]
+        for h in history:
+            lines.append(f"| {h['epoch']} | {h['loss']:.4f} | {h['train_accuracy']:.2%} | {h.get('val_accuracy', float('nan')):.2%} |")
+    return "\n".join(lines) + "\n"
 
 
 def load_pretrained(
