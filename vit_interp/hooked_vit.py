@@ -322,24 +322,31 @@ class HookedViT(HookedRootModule):
         clear_contexts: bool = False,
         pos_slice: Any = None,
         return_cache_object: bool = True,
+        metric: Optional[Callable[[Tensor], Tensor]] = None,
         **model_kwargs: Any,
     ) -> tuple[Tensor, Union[ActivationCache, dict[str, Tensor]]]:
         """Run the model and cache activations, like TransformerLens' ``HookedTransformer``.
 
         Returns ``(output, ActivationCache)`` (a plain dict with ``return_cache_object=False``).
         Unlike TransformerLens 3.9, ``remove_batch_dim`` and ``pos_slice`` also work with the hooks
-        that have no position axis (``hook_head_mask``, ``hook_pooled``, ``hook_logits``).
+        that have no position axis (``hook_head_mask``, ``hook_pooled``, ``hook_logits``). Logits are
+        not a scalar, so ``incl_bwd=True`` needs ``metric``, a function from the output to the scalar
+        to differentiate (e.g. ``lambda logits: logits[:, 3].sum()``); gradients are cached as
+        ``<hook>_grad``.
         """
         self._check_hook_names(names_filter)
-        out, cache_dict = super().run_with_cache(
-            *model_args,
-            names_filter=list(names_filter) if isinstance(names_filter, tuple) else names_filter,
-            device=device,
-            incl_bwd=incl_bwd,
-            reset_hooks_end=reset_hooks_end,
-            clear_contexts=clear_contexts,
-            **model_kwargs,
+        if incl_bwd and metric is None:
+            raise ValueError(
+                "incl_bwd=True needs metric=, a function from the model output to a scalar to "
+                "differentiate (e.g. metric=lambda logits: logits[:, 3].sum())"
+            )
+        cache_dict, fwd_hooks, bwd_hooks = self.get_caching_hooks(
+            list(names_filter) if isinstance(names_filter, tuple) else names_filter, incl_bwd, device
         )
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
+            out = self(*model_args, **model_kwargs)
+            if incl_bwd:
+                metric(out).backward()  # type: ignore[misc]
         if pos_slice is not None:
             pos_slice = Slice.unwrap(pos_slice)  # like TransformerLens: an int keeps the axis
             for name, tensor in cache_dict.items():

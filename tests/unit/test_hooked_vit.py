@@ -77,6 +77,16 @@ def test_backward_hooks_see_gradients(model, images) -> None:
     assert all(not hp.bwd_hooks for hp in model.hook_dict.values())
 
 
+def test_run_with_cache_incl_bwd_caches_gradients_of_a_metric(model, images) -> None:
+    _, cache = model.run_with_cache(images, incl_bwd=True, metric=lambda logits: logits[:, 1].sum(),
+                                    names_filter=["blocks.0.hook_resid_post", "hook_pooled"])
+    assert set(cache.keys()) == {"blocks.0.hook_resid_post", "hook_pooled", "blocks.0.hook_resid_post_grad", "hook_pooled_grad"}
+    torch.testing.assert_close(cache["hook_pooled_grad"], model.W_U[:, 1].expand(3, -1))
+    with pytest.raises(ValueError, match="incl_bwd=True needs metric="):
+        model.run_with_cache(images, incl_bwd=True)
+    assert all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
+
+
 def test_stop_and_start_at_layer_compose_to_the_full_model(model, images) -> None:
     with torch.no_grad():
         full, cache = model.run_with_cache(images)
