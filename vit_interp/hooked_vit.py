@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import difflib
 import os
-from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Optional, Union
 
 import torch
@@ -27,7 +27,7 @@ from vit_interp.errors import (
 ClassesLike = Union[int, str, Sequence[Union[int, str]], Tensor]
 NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
 
-# Hooks whose first dimension after batch is a token position, by name suffix, and that dimension.
+# Per-head hooks: their position axis is third from last ([batch, pos, n_heads, d]).
 _HEAD_POS_SUFFIXES = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")
 
 
@@ -70,14 +70,10 @@ class HookedViT(HookedRootModule):
     def init_weights(self) -> None:
         """timm-style initialisation: truncated normal (std 0.02) weights, zero biases, unit LN.
 
-        Uses a private generator seeded with ``cfg.seed`` when set, so the global RNG is untouched
-        and the same seed gives the same weights.
+        With ``cfg.seed`` set, a private generator is used (the global RNG is untouched and the same
+        seed gives the same weights); otherwise torch's global RNG (``torch.manual_seed``) is.
         """
-        generator = torch.Generator(device="cpu")
-        if self.cfg.seed is not None:
-            generator.manual_seed(self.cfg.seed)
-        else:
-            generator.seed()
+        generator = torch.Generator().manual_seed(self.cfg.seed) if self.cfg.seed is not None else None
         for name, param in self.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
             if leaf == "b" or leaf.startswith("b_"):
