@@ -250,8 +250,8 @@ class HookedViT(HookedRootModule):
                 f"{cfg.image_size[0]}x{cfg.image_size[1]}; resize the images or rebuild the model"  # type: ignore[index]
             )
         images = images.to(self.embed.W_E.device)
-        finite = torch.isfinite(images)
-        if not bool(finite.all()):
+        # A sum is finite iff no pixel is NaN/inf (barring overflow, which the full check clears).
+        if not bool(torch.isfinite(images.sum())) and not bool((finite := torch.isfinite(images)).all()):
             n_nan = int(torch.isnan(images).sum())
             n_inf = int((~finite).sum()) - n_nan
             raise ImageInputError(

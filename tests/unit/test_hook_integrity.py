@@ -76,3 +76,40 @@ def test_head_mask_hook_prunes_exactly_that_head(model, images) -> None:
         _, masked_cache = model.run_with_cache(images)
     assert torch.all(masked_cache["blocks.1.attn.hook_z"][:, :, 1] == 0), "cached z must be the masked z"
     assert torch.all(masked_cache["blocks.1.attn.hook_head_mask"][:, 1] == 0)
+
+
+@pytest.mark.parametrize("name", ["blocks.1.ln2.hook_scale", "blocks.0.attn.hook_attn_scores", "blocks.0.attn.hook_pattern"])
+def test_fused_kernels_never_hide_an_edit(model, images, name) -> None:
+    """LayerNorm and attention run fused kernels unless a hook edits the scale/scores/pattern."""
+
+    def edit_in_place(tensor, hook):  # returns None: the edit is only visible through the tensor
+        tensor.mul_(1.5)
+
+    def only_read(tensor, hook):
+        seen.append(tensor.sum())
+
+    seen = []
+    with torch.no_grad():
+        clean = model(images)
+        assert torch.equal(model.run_with_hooks(images, fwd_hooks=[(name, only_read)]), clean) and seen
+        edited = model.run_with_hooks(images, fwd_hooks=[(name, edit_in_place)])
+    assert (edited - clean).abs().max() > 1e-4
+
+
+def test_explicit_and_fused_attention_agree_and_backward_hooks_get_gradients(model, images) -> None:
+    _, cache = model.run_with_cache(images)
+    pattern = cache["pattern", 0]
+    torch.testing.assert_close(pattern, cache["attn_scores", 0].softmax(-1))
+    explicit_z = torch.einsum("bhqk,bkhe->bqhe", pattern, cache["v", 0])
+    torch.testing.assert_close(cache["z", 0], explicit_z, atol=1e-5, rtol=0)
+    grads = {}
+    logits = model.run_with_hooks(
+        images,
+        bwd_hooks=[(n, lambda g, hook: grads.__setitem__(hook.name, g)) for n in
+                   ("blocks.1.attn.hook_pattern", "blocks.1.ln1.hook_scale")],
+        reset_hooks_end=False,
+    )
+    logits.sum().backward()
+    model.reset_hooks()
+    assert grads["blocks.1.attn.hook_pattern"].shape == (3, 4, 17, 17)
+    assert grads["blocks.1.ln1.hook_scale"].abs().sum() > 0

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
+from vit_interp.components.affine import affine
+from vit_interp.components.fast_path import has_hooks, run_hook
 from vit_interp.config import ViTConfig
 
 
@@ -20,7 +23,8 @@ class Attention(nn.Module):
     The head mask (``hook_head_mask``, ones unless a hook or a gate changes it) multiplies each
     head's ``z`` *before* ``hook_z``, so the cached ``z`` is exactly what reaches ``W_O`` and
     TransformerLens' per-head decompositions stay correct for gated models. Kept heads are not
-    rescaled.
+    rescaled. ``z`` comes from PyTorch's fused ``scaled_dot_product_attention`` unless a hook edits
+    the scores or the pattern (see `vit_interp.components.fast_path`).
 
     Hooks:
         hook_q, hook_k, hook_v, hook_z: ``[batch, pos, n_heads, d_head]``.
@@ -63,15 +67,20 @@ class Attention(nn.Module):
         # One fused projection for q, k, v (as timm does) is faster than three einsums.
         w_qkv = rearrange(torch.stack([self.W_Q, self.W_K, self.W_V]), "three h d e -> d (three h e)")
         b_qkv = rearrange(torch.stack([self.b_Q, self.b_K, self.b_V]), "three h e -> (three h e)")
-        qkv = rearrange(x @ w_qkv + b_qkv, "b p (three h e) -> three b p h e", three=3, h=n_heads)
+        qkv = rearrange(affine(x, w_qkv, b_qkv), "b p (three h e) -> three b p h e", three=3, h=n_heads)
         q = self.hook_q(qkv[0])
         k = self.hook_k(qkv[1])
         v = self.hook_v(qkv[2])
 
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / self.attn_scale
-        scores = self.hook_attn_scores(scores)
-        pattern = self.hook_pattern(scores.softmax(dim=-1))
-        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+        z = None
+        if has_hooks(self.hook_attn_scores) or has_hooks(self.hook_pattern):
+            scores, scores_edited = run_hook(self.hook_attn_scores, torch.einsum("bqhe,bkhe->bhqk", q, k) / self.attn_scale)
+            pattern, pattern_edited = run_hook(self.hook_pattern, scores.softmax(dim=-1))
+            if scores_edited or pattern_edited:
+                z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+        if z is None:  # nobody edits scores or pattern: the fused kernel gives the same z, faster
+            heads_first = [rearrange(t, "b p h e -> b h p e") for t in (q, k, v)]
+            z = rearrange(F.scaled_dot_product_attention(*heads_first), "b h p e -> b p h e")
 
         mask = self.hook_head_mask(torch.ones(x.shape[0], n_heads, dtype=z.dtype, device=z.device))
         z = self.hook_z(z * mask[:, None, :, None])
@@ -79,4 +88,4 @@ class Attention(nn.Module):
         if self.hook_result is not None:
             result = self.hook_result(torch.einsum("bphe,hed->bphd", z, self.W_O))
             return result.sum(dim=-2) + self.b_O
-        return rearrange(z, "b p h e -> b p (h e)") @ rearrange(self.W_O, "h e d -> (h e) d") + self.b_O
+        return affine(rearrange(z, "b p h e -> b p (h e)"), rearrange(self.W_O, "h e d -> (h e) d"), self.b_O)
