@@ -3,8 +3,8 @@
 Variants, timed side by side in one run (round-robin, so machine noise hits all of them alike):
 
 * ``timm``                  timm ``vit_small_patch16_224`` (pretrained=False, eval, no_grad), fused attention.
-* ``timm (fused_attn=False)`` the same weights with explicit attention: the like-for-like reference,
-  since HookedViT must materialise the attention scores and pattern to hook them.
+* ``timm (fused_attn=False)`` the same weights with explicit attention: the cost HookedViT pays when a
+  hook edits the attention scores or pattern (otherwise it uses the fused kernel too).
 * ``HookedViT``             ``HookedViT.from_timm`` of that model, no hooks.
 * ``HookedViT cache``       ``HookedViT.run_with_cache`` caching every hook.
 

@@ -37,7 +37,7 @@ class HookedViT(HookedRootModule):
     ``run_with_hooks``, ``run_with_cache`` (returning a TransformerLens ``ActivationCache``),
     ``hooks()``, permanent and backward hooks all come from TransformerLens' ``HookedRootModule``.
     Hook names and shapes are listed in ``docs/hooks.md``; every hook in ``hook_dict`` fires on
-    every full forward pass.
+    every full forward pass, and an edit made by a hook always reaches the output.
 
     Example:
         >>> model = HookedViT(ViTConfig(n_layers=2, d_model=32, n_heads=4, image_size=16,
