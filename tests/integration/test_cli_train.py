@@ -18,7 +18,6 @@ from tests.micro import images_for, micro_model
 needs_data = pytest.mark.skipif(not Path(DEBIAN_DIR).is_dir(), reason="needs Debian's dataset-fashion-mnist (make test installs it)")
 
 
-@pytest.mark.slow
 @needs_data
 def test_train_a_tiny_timm_vit_then_evaluate_it(tmp_path, capsys) -> None:
     """The paper's path (fine-tune a timm ViT, images resized to its resolution) on a tiny random model."""
