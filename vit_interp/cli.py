@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,21 +59,17 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import hashlib
-    import platform
-    import shlex
-
     import torch
 
     from vit_interp import HookedViT
-    from vit_interp.data import load_dataset
-    from vit_interp.data.fashion_mnist import fashion_mnist_files
-    from vit_interp.training import TrainConfig, default_model_config, evaluate, train_classifier
+    from vit_interp.data import default_val_size, load_dataset, split_train_val
+    from vit_interp.training import TrainConfig, default_model_config, evaluate, model_card, train_classifier
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    load = dict(root=args.data_root, val_size=args.val_size, seed=args.split_seed)
-    train, val = load_dataset(args.dataset, "train", **load), load_dataset(args.dataset, "val", **load)
+    full = load_dataset(args.dataset, "train-full", root=args.data_root)
+    val_size = args.val_size if args.val_size is not None else default_val_size(args.dataset, len(full))
+    train, val = split_train_val(full, val_size, seed=args.split_seed)  # the same split as load_dataset's
     if args.limit:
         train, val = train.head(args.limit), val.head(max(1, args.limit // 5))
     if args.model == "default":
@@ -86,26 +83,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     model.to(_device(args.device))
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay)
-    history = train_classifier(model, train, config, val=val, out_dir=args.out, resume=args.resume,
-                               progress=not args.no_progress)
+    train_classifier(model, train, config, val=val, out_dir=args.out, resume=args.resume, progress=not args.no_progress)
     test = load_dataset(args.dataset, "test", root=args.data_root)
     result = evaluate(model, test, progress=not args.no_progress)
-    state = __import__("json").loads((Path(args.out) / "train_state.json").read_text())
-    files = fashion_mnist_files(args.data_root) if args.dataset == "fashion-mnist" else []
-    card = {
-        "command": "vit-interp " + " ".join(shlex.quote(a) for a in args.argv),
-        "seed": args.seed,
-        "dataset": {"name": args.dataset, "n_train": len(train), "n_val": len(val), "n_test": len(test),
-                    "split_seed": args.split_seed,
-                    "files_sha256": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}},
-        "config": model.cfg.to_dict() | {"device": None},
-        "training": {"settings": config.__dict__, "history": history, "train_seconds": state["train_seconds"],
-                     "device": str(model.cfg.device), "torch_threads": torch.get_num_threads(),
-                     "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine()},
-        "test": result.to_dict(),
-    }
+    command = "vit-interp " + " ".join(shlex.quote(a) for a in args.argv)
+    card = model_card(model, config, args.out, command, args.dataset, train, val, result,
+                      split_seed=args.split_seed, data_root=args.data_root)
     model.save_pretrained(args.out, card=card)
-    (Path(args.out) / "test_accuracy.md").write_text(result.to_markdown() + "\n")
     print(result.to_markdown())
     print(f"saved to {args.out} (test accuracy {result.accuracy:.2%}, 95% CI [{result.ci_low:.2%}, {result.ci_high:.2%}])")
     return 0
@@ -186,10 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``vit-interp`` console script."""
+    from vit_interp.errors import VitInterpError
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.argv = argv
-    return args.func(args)
+    try:
+        return args.func(args)
+    except VitInterpError as error:  # a user error: one line, no traceback
+        parser.exit(2, f"vit-interp: error: {error}\n")
 
 
 if __name__ == "__main__":

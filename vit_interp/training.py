@@ -283,3 +283,41 @@ def default_model_config(data: ImageDataset, seed: int = 0) -> ViTConfig:
         in_channels=channels, n_classes=data.n_classes, class_names=list(data.class_names),
         image_mean=[round(float(m), 4) for m in mean], image_std=[round(float(s), 4) for s in std], seed=seed,
     )
+
+
+def model_card(
+    model: HookedViT,
+    config: TrainConfig,
+    out_dir: Union[str, Path],
+    command: str,
+    dataset: str,
+    train: ImageDataset,
+    val: ImageDataset,
+    test_result: Evaluation,
+    split_seed: int = 0,
+    data_root: Optional[Union[str, Path]] = None,
+) -> dict[str, Any]:
+    """Everything needed to reproduce and judge a trained model: command, seed, data hashes,
+    config, training curve and time (from the run's ``train_state.json``), per-class test accuracy."""
+    import hashlib
+    import platform
+
+    from vit_interp.data.fashion_mnist import fashion_mnist_files
+
+    state = json.loads((Path(out_dir) / "train_state.json").read_text())
+    files = fashion_mnist_files(data_root) if dataset == "fashion-mnist" else []
+    return {
+        "command": command,
+        "seed": config.seed,
+        "dataset": {
+            "name": dataset, "n_train": len(train), "n_val": len(val), "n_test": test_result.n, "split_seed": split_seed,
+            "files_sha256": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files},
+        },
+        "config": model.cfg.to_dict() | {"device": None},
+        "training": {
+            "settings": dataclasses.asdict(config), "history": state["history"], "train_seconds": state["train_seconds"],
+            "device": str(model.cfg.device), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "machine": platform.machine(),
+        },
+        "test": test_result.to_dict(),
+    }

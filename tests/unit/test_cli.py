@@ -29,3 +29,11 @@ def test_bad_timm_arg_is_a_clear_error() -> None:
 def test_help_runs_as_a_module() -> None:
     out = subprocess.run([sys.executable, "-m", "vit_interp.cli", "hooks", "--help"], capture_output=True, text=True, check=True)
     assert "timm model name" in out.stdout
+
+
+def test_user_errors_are_one_line_without_traceback(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "no-such-model", "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vit-interp: error: no model 'no-such-model'") and err.count("\n") == 1

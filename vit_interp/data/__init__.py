@@ -17,6 +17,11 @@ SPLITS = ("train", "val", "test", "train-full")
 DEFAULT_VAL_SIZE = 5000
 
 
+def default_val_size(name: str, n_train_full: int) -> int:
+    """The validation hold-out size used when none is given: 5000, or 10% for image folders."""
+    return DEFAULT_VAL_SIZE if not name.startswith("folder:") else max(1, n_train_full // 10)
+
+
 def _official(name: str, split: str, root: Optional[str | Path], download: bool) -> ImageDataset:
     if name == "fashion-mnist":
         return load_fashion_mnist(split, root=root, download=download)
@@ -62,13 +67,11 @@ def load_dataset(
     full.split = "train-full"
     if split == "train-full":
         return full
-    if val_size is None:
-        val_size = DEFAULT_VAL_SIZE if not name.startswith("folder:") else max(1, len(full) // 10)
-    train, val = split_train_val(full, val_size, seed)
+    train, val = split_train_val(full, default_val_size(name, len(full)) if val_size is None else val_size, seed)
     return train if split == "train" else val
 
 
 __all__ = [
-    "DATASETS", "SPLITS", "ImageDataset", "augment", "fit_to_model", "load_cifar", "load_dataset",
+    "DATASETS", "SPLITS", "ImageDataset", "augment", "default_val_size", "fit_to_model", "load_cifar", "load_dataset",
     "load_fashion_mnist", "load_image_folder", "normalize", "prepare", "split_train_val",
 ]
