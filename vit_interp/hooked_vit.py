@@ -488,7 +488,10 @@ class HookedViT(HookedRootModule):
         if class_name not in names:
             close = difflib.get_close_matches(class_name, names, n=3)
             raise ClassIndexError(f"unknown class name {class_name!r}; closest: {close or names[:5]}")
-        return names.index(class_name)
+        matches = [i for i, name in enumerate(names) if name == class_name]
+        if len(matches) > 1:  # e.g. ImageNet's two "crane"s (bird, machine)
+            raise ClassIndexError(f"class name {class_name!r} is ambiguous (indices {matches}); pass the index")
+        return matches[0]
 
     def class_indices(self, classes: ClassesLike) -> Tensor:
         """Class indices or names (int, str, list, tensor) → validated ``long`` tensor."""

@@ -14,7 +14,7 @@ from einops import rearrange
 
 from tests.micro import randomize
 from vit_interp import HookedViT
-from vit_interp.errors import UnsupportedModelError
+from vit_interp.errors import ClassIndexError, UnsupportedModelError
 
 ATOL = 1e-5
 SMALL = dict(img_size=16, patch_size=4, depth=2, embed_dim=24, num_heads=3, num_classes=6)
@@ -120,6 +120,16 @@ def test_config_read_off_timm() -> None:
     assert (distilled.pool, distilled.n_prefix_tokens) == ("cls_dist", 2)
     grey = HookedViT.from_timm(build(*VARIANTS["clip_style_pre_norm_quick_gelu_grey_nonsquare"])).cfg
     assert (grey.in_channels, grey.image_size, grey.act_fn, grey.ln_pre) == (1, (16, 24), "quick_gelu", True)
+
+
+def test_imagenet_models_get_class_names() -> None:
+    hooked = HookedViT.from_timm("vit_tiny_patch16_224", depth=1, img_size=32, patch_size=16)
+    names = hooked.cfg.class_names
+    assert len(names) == 1000 and names[1] == "goldfish"
+    assert hooked.class_indices("goldfish").item() == 1
+    with pytest.raises(ClassIndexError, match="'crane' is ambiguous"):
+        hooked.class_indices("crane")
+    assert HookedViT.from_timm(build(*VARIANTS["cls_token"])).cfg.class_names is None  # 6 classes: unknown set
 
 
 def test_from_timm_by_name_passes_kwargs_and_pretrained_flag(monkeypatch) -> None:

@@ -164,6 +164,19 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
     )
 
 
+def _imagenet_class_names(model: nn.Module) -> Optional[list[str]]:
+    """ImageNet class names (first synonym, e.g. 'goldfish') when timm recognises the label set."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset(model)
+    if subset is None:
+        return None
+    info = ImageNetInfo(subset)
+    if info.num_classes() != model.num_classes:
+        return None
+    return [info.index_to_description(i).split(",")[0].strip() for i in range(model.num_classes)]
+
+
 def _ln(state: dict[str, Tensor], ours: str, norm: nn.Module) -> None:
     state[f"{ours}.w"] = norm.weight
     state[f"{ours}.b"] = norm.bias
@@ -242,7 +255,8 @@ def hooked_vit_from_timm(
             or a populated Hugging Face cache).
         fold_ln: Fold LayerNorm weights into the following layers (`fold_layer_norm`).
         device: Device of the returned model (default: the timm model's device).
-        class_names: Names of the classifier's classes (one per output), stored in ``cfg.class_names``.
+        class_names: Names of the classifier's classes (one per output), stored in ``cfg.class_names``;
+            by default ImageNet's names when timm recognises an ImageNet label set (1000 classes).
         **timm_kwargs: Passed to ``timm.create_model`` with a name (e.g. ``depth=2, img_size=32``).
 
     Returns:
@@ -266,6 +280,8 @@ def hooked_vit_from_timm(
     if fold_ln:
         state, cfg = fold_layer_norm(state, cfg)
     target = device if device is not None else model.patch_embed.proj.weight.device
+    if class_names is None:
+        class_names = _imagenet_class_names(model)
     cfg = cfg.replace(device=str(target), class_names=class_names)
     hooked = HookedViT(cfg)
     hooked.load_state_dict(state, strict=True)
