@@ -231,3 +231,22 @@ def test_real_fashion_mnist_from_debian(monkeypatch) -> None:
     assert (len(train), len(val), len(test)) == (55000, 5000, 10000)
     assert test.class_counts().tolist() == [1000] * 10 and val.class_counts().tolist() == [500] * 10
     assert abs(float(test.images.mean()) - 0.2868) < 1e-3
+
+
+def test_download_goes_to_the_data_env_var_never_to_a_system_folder(tmp_path, monkeypatch) -> None:
+    import torchvision.datasets
+
+    import vit_interp.data.fashion_mnist as fm
+
+    targets = []
+
+    class FakeDownload:
+        def __init__(self, root, train=True, download=False):
+            targets.append(Path(root))
+            make_fashion_mnist(Path(root) / "FashionMNIST" / "raw")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeDownload)
+    monkeypatch.setattr(fm, "DEBIAN_DIR", str(tmp_path / "not-installed"))
+    monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path / "env"))
+    assert len(fm.load_fashion_mnist("test")) == 20
+    assert set(targets) == {tmp_path / "env"}

@@ -40,7 +40,7 @@ def find_or_download(
     download: Optional[Callable[[Path], None]],
     how_to_get: str,
 ) -> Path:
-    """Return the first directory ``find`` accepts; otherwise download into the first root and retry.
+    """Return the first directory ``find`` accepts; otherwise download into the last root and retry.
 
     Raises:
         DataError: nothing found and the download failed or was disabled; the message says how to get the data.
@@ -52,7 +52,7 @@ def find_or_download(
     searched = ", ".join(str(r) for r in roots)
     if download is None:
         raise DataError(f"{what} not found (searched {searched}); {how_to_get}")
-    target = roots[0]
+    target = roots[-1]  # the explicit root, else the download root (never a system folder)
     logger.info("%s not found locally; downloading with torchvision into %s", what, target)
     try:
         download(target)
