@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", default="default", help="'default' (6 layers, 6 heads, d_model 96) or timm:NAME")
     train.add_argument("--pretrained", action="store_true", help="with timm:NAME, start from timm's pretrained weights (needs the network)")
     train.add_argument("--timm-arg", action="append", default=[], metavar="KEY=VALUE", help="extra timm.create_model argument, repeatable")
-    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--weight-decay", type=float, default=0.05)
