@@ -7,6 +7,8 @@ Variants, timed side by side in one run (round-robin, so machine noise hits all 
   hook edits the attention scores or pattern (otherwise it uses the fused kernel too).
 * ``HookedViT``             ``HookedViT.from_timm`` of that model, no hooks.
 * ``HookedViT cache``       ``HookedViT.run_with_cache`` caching every hook.
+* two explanatory rows: a no-op hook on every hook point (the fused LayerNorm/attention then also
+  materialise scale, scores and pattern for the hooks), and a cache without scores and pattern.
 
 Usage: ``python benchmarks/forward_overhead.py [--quick] [--batch 32] [--repeats 7] [--device cpu]``.
 """
@@ -66,11 +68,19 @@ def build_variants(args: argparse.Namespace) -> tuple[dict[str, Callable[[], obj
         logits, cache = hooked.run_with_cache(images)
         return logits, cache  # dropped by the caller after timing, like a user's cache would be
 
+    def no_op(tensor, hook):  # reads nothing: isolates the cost of hooks from the cost of keeping tensors
+        return None
+
     variants = {
         "timm": lambda: ref(images),
         "timm (fused_attn=False)": lambda: explicit(images),
         "HookedViT": lambda: hooked(images),
         "HookedViT run_with_cache": cached,
+        # Explanatory rows (no target): every hook attached but nothing kept; and a cache without the
+        # two [batch, heads, pos, pos] tensors per layer.
+        "  no-op hook everywhere": lambda: hooked.run_with_hooks(images, fwd_hooks=[(lambda name: True, no_op)]),
+        "  cache w/o scores,pattern": lambda: hooked.run_with_cache(
+            images, names_filter=lambda name: not name.endswith(("hook_attn_scores", "hook_pattern"))),
     }
     return variants, diff
 
