@@ -126,3 +126,38 @@ def test_read_hook_rules_accept_earlier_streams_and_spliced_sae_outputs() -> Non
     for name, layer in [("blocks.3.hook_resid_mid", 3), ("blocks.4.hook_resid_pre", 3), ("hook_pooled", 3)]:
         with pytest.raises(ConfigError):
             _check_read_hook(name, layer)
+
+
+def synthetic_dataset(n: int = 256, seed: int = 0):
+    from vit_interp.data import ImageDataset
+
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, 16, 16, generator=generator)
+    labels = torch.randint(0, 5, (n,), generator=generator)
+    return ImageDataset(images, labels, [str(c) for c in range(5)], "synthetic", "train")
+
+
+@pytest.mark.parametrize("target", [0.25, 0.75])
+def test_gate_training_reaches_the_target_usage_with_a_frozen_backbone(target) -> None:
+    from vit_interp.gating.training import GateTrainConfig, residual_at, train_gate
+
+    model = micro_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = synthetic_dataset()
+    gate = HeadGate.preset("final", model.cfg)
+    config = GateTrainConfig(target_usage=target, epochs=15, batch_size=64, lr=1e-2, seed=0)
+    history = train_gate(model, gate, data, config, progress=False)
+    assert len(history) == 15 and not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "backbone must stay frozen"
+    assert all(p.requires_grad for p in model.parameters())
+    with torch.no_grad(), gate.attached(model):
+        model(residual_at(model, data, 1, progress=False), start_at_layer=1)
+    assert abs(float(gate.usage()) - target) < 0.15, history[-1]
+
+
+def test_gate_training_refuses_a_bad_target() -> None:
+    from vit_interp.gating.training import GateTrainConfig
+
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match=r"target_usage must be in \(0, 1\]"):
+            GateTrainConfig(target_usage=bad)

@@ -1,0 +1,117 @@
+"""Training a head gate on a frozen backbone: CE + λ·|mean usage − target| (AdaViT's head loss).
+
+The backbone is frozen, so everything before the first gated layer is computed once for the whole
+training set and each epoch runs only the gated suffix (``start_at_layer``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from vit_interp.data import ImageDataset, prepare
+from vit_interp.errors import ConfigError
+from vit_interp.gating.head_gate import HeadGate
+from vit_interp.hooked_vit import HookedViT
+
+
+@dataclass
+class GateTrainConfig:
+    """Settings of `train_gate`.
+
+    Args:
+        target_usage: Wanted mean keep rate over images, gated layers and heads, in (0, 1].
+        usage_weight: λ of the usage term (AdaViT: 2.0).
+        epochs: Passes over the training set.
+        batch_size: Images per step.
+        lr: AdamW learning rate of the decision networks.
+        seed: Seeds shuffling and the Gumbel noise.
+    """
+
+    target_usage: float = 0.5
+    usage_weight: float = 2.0
+    epochs: int = 5
+    batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_usage <= 1:
+            raise ConfigError(f"target_usage must be in (0, 1], got {self.target_usage}; 1 keeps every head")
+        if self.epochs <= 0 or self.batch_size <= 0 or not self.lr > 0:
+            raise ConfigError("epochs, batch_size and lr must be positive")
+
+
+def start_layer(gate: HeadGate) -> int:
+    """The first block the gate needs to see run: the earliest block any of its read hooks sits in."""
+    blocks = []
+    for name in gate.read_hooks.values():
+        parts = name.split(".")
+        blocks.append(int(parts[1]) if parts[0] == "blocks" else 0)
+    return min(blocks)
+
+
+@torch.no_grad()
+def residual_at(model: HookedViT, data: ImageDataset, layer: int, batch_size: int = 512, progress: bool = True
+                ) -> Float[Tensor, "n pos d_model"]:
+    """The residual stream entering block ``layer`` for every image (the frozen prefix, run once)."""
+    model.eval()
+    device = model.embed.W_E.device
+    chunks = []
+    for start in tqdm(range(0, len(data), batch_size), desc=f"prefix to layer {layer}", disable=not progress, leave=False):
+        images = prepare(data.images[start: start + batch_size].to(device), model.cfg)
+        chunks.append(model(images, stop_at_layer=layer))
+    return torch.cat(chunks)
+
+
+def train_gate(
+    model: HookedViT, gate: HeadGate, train: ImageDataset, config: GateTrainConfig, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Train ``gate``'s decision networks on a frozen ``model``; return per-epoch loss and usage.
+
+    The model's parameters are left untouched (and their ``requires_grad`` restored); the model is
+    returned to eval mode, where the gate decides deterministically.
+    """
+    gate.check_compatible(model)
+    first = start_layer(gate)
+    prefix = residual_at(model, train, first, progress=progress)
+    labels = train.labels.to(prefix.device)
+    gate.to(prefix.device)
+    frozen = {name: p.requires_grad for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    optimizer = torch.optim.AdamW(gate.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    gate.generator = torch.Generator().manual_seed(config.seed + 1)
+    steps = math.ceil(len(train) / config.batch_size)
+    history: list[dict[str, Any]] = []
+    try:
+        model.train()  # the gate samples while the model is in train mode
+        with gate.attached(model):
+            for epoch in tqdm(range(config.epochs), desc="gate epochs", disable=not progress):
+                order = torch.randperm(len(train), generator=generator)
+                total_loss = total_usage = 0.0
+                for step in range(steps):
+                    index = order[step * config.batch_size: (step + 1) * config.batch_size]
+                    logits = model(prefix[index], start_at_layer=first)
+                    usage = gate.usage()
+                    loss = F.cross_entropy(logits, labels[index]) + config.usage_weight * (usage - config.target_usage).abs()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total_loss += loss.item() * len(index)
+                    total_usage += usage.item() * len(index)
+                history.append({"epoch": epoch + 1, "loss": total_loss / len(train), "usage": total_usage / len(train)})
+    finally:
+        model.eval()
+        gate.generator = None
+        for name, p in model.named_parameters():
+            p.requires_grad_(frozen[name])
+    return history
