@@ -112,6 +112,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_gate(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from vit_interp import HookedViT
+    from vit_interp.data import load_dataset
+    from vit_interp.gating import HeadGate
+    from vit_interp.gating.evaluation import evaluate_gate
+    from vit_interp.gating.training import GateTrainConfig, train_gate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # the decision networks' initialisation
+    model = HookedViT.from_pretrained(args.model, device=_device(args.device))
+    train = load_dataset(args.dataset, "train", root=args.data_root)
+    if args.limit:
+        train = train.head(args.limit)
+    test = load_dataset(args.dataset, "test", root=args.data_root)
+    gate = HeadGate.preset(args.preset, model.cfg, tau=args.tau)
+    config = GateTrainConfig(target_usage=args.target, usage_weight=args.usage_weight, epochs=args.epochs,
+                             batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    history = train_gate(model, gate, train, config, progress=not args.no_progress)
+    result = evaluate_gate(model, gate, test, progress=not args.no_progress)
+    card = {"command": "vit-interp " + " ".join(shlex.quote(a) for a in args.argv), "model": str(args.model),
+            "dataset": args.dataset, "n_train": len(train), "settings": config.__dict__, "history": history,
+            "test": result.to_dict()}
+    gate.save(args.out, card=card)
+    Path(args.out, "report.md").write_text(result.to_markdown() + "\n")
+    print(result.to_markdown())
+    print(f"saved gate to {args.out}: test accuracy {result.accuracy:.2%}, head usage {result.usage:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``vit-interp`` (one sub-command per job)."""
     parser = argparse.ArgumentParser(
@@ -165,6 +199,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="test (default), val, train or train-full")
     evaluate.add_argument("--json", default=None, help="also write the result as JSON to this file")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    gate = commands.add_parser(
+        "train-gate", help="train an AdaViT-style head gate on a frozen model and report accuracy and head usage",
+        description="Train the decision networks of a head gate (CE + usage_weight * |usage - target|) on a frozen "
+                    "model, evaluate on the test split (per class, with 95%% CIs) and save gate.safetensors, "
+                    "gate.json (with the card) and report.md into --out.",
+    )
+    gate.add_argument("model", help="shipped model name (e.g. fashion-mnist-vit) or a folder from 'vit-interp train'")
+    _add_data_args(gate)
+    gate.add_argument("--out", required=True, help="output folder for the gate")
+    gate.add_argument("--preset", default="final", choices=["final", "adavit"], help="which layers are gated")
+    gate.add_argument("--target", type=float, default=0.5, help="target head usage in (0, 1]")
+    gate.add_argument("--usage-weight", type=float, default=2.0, help="weight of |usage - target| (AdaViT: 2)")
+    gate.add_argument("--tau", type=float, default=5.0, help="Gumbel-sigmoid temperature")
+    gate.add_argument("--epochs", type=int, default=3)
+    gate.add_argument("--batch-size", type=int, default=256)
+    gate.add_argument("--lr", type=float, default=3e-3)
+    gate.add_argument("--seed", type=int, default=0)
+    gate.add_argument("--limit", type=int, default=0, help="train on the first N training images only")
+    gate.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    gate.set_defaults(func=_cmd_train_gate)
     return parser
 
 

@@ -56,3 +56,17 @@ def test_unknown_model_name_lists_the_shipped_ones() -> None:
         HookedViT.from_pretrained("fashion-mnist-vitt")
     for name in available_models():
         assert name in str(error.value)
+
+
+@needs_data
+def test_train_gate_command_on_the_shipped_model(tmp_path, capsys) -> None:
+    from vit_interp.gating import HeadGate
+
+    out = tmp_path / "gate"
+    assert main(["train-gate", "fashion-mnist-vit", "--out", str(out), "--target", "0.5", "--epochs", "1",
+                 "--limit", "512", "--no-progress", "--threads", "1"]) == 0
+    spec = json.loads((out / "gate.json").read_text())
+    assert spec["gate"]["layers"] == [5] and spec["card"]["test"]["per_class"][0]["name"] == "T-shirt/top"
+    assert 0 <= spec["card"]["test"]["usage"] <= 1 and "| **all** | 10000 |" in (out / "report.md").read_text()
+    assert HeadGate.load(out).layers == [5]
+    assert "saved gate to" in capsys.readouterr().out

@@ -161,3 +161,37 @@ def test_gate_training_refuses_a_bad_target() -> None:
     for bad in (0.0, 1.5):
         with pytest.raises(ConfigError, match=r"target_usage must be in \(0, 1\]"):
             GateTrainConfig(target_usage=bad)
+
+
+def test_gate_save_load_round_trip(tmp_path) -> None:
+    model = micro_model()
+    gate = HeadGate(model.cfg.d_model, model.cfg.n_heads, [1], read_hooks=["blocks.0.hook_resid_post"], token=2, tau=3.0)
+    gate.save(tmp_path / "g", card={"note": "x"})
+    again = HeadGate.load(tmp_path / "g")
+    assert (again.layers, again.read_hooks, again.token, again.tau) == ([1], {1: "blocks.0.hook_resid_post"}, 2, 3.0)
+    images = images_for(model)
+    with torch.no_grad():
+        with gate.attached(model):
+            a = model(images)
+        with again.attached(model):
+            b = model(images)
+    assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="holds no gate"):
+        HeadGate.load(tmp_path / "nothing")
+
+
+def test_evaluate_gate_reports_usage_per_class_and_head() -> None:
+    from vit_interp.gating.evaluation import evaluate_gate
+
+    model = micro_model(image_mean=None)
+    data = synthetic_dataset(n=64)
+    gate = HeadGate.preset("final", model.cfg)
+    result = evaluate_gate(model, gate, data, batch_size=16, n_resamples=50, progress=False)
+    with torch.no_grad(), gate.attached(model):
+        logits = model(data.images)
+    masks = gate.last_masks[1]
+    assert result.accuracy == pytest.approx(float((logits.argmax(-1) == data.labels).double().mean()))
+    assert result.usage == pytest.approx(float(masks.double().mean()))
+    assert result.keep_rate.shape == (5, 1, 4) and len(result.per_class) == 5
+    assert result.usage_ci[0] <= result.usage <= result.usage_ci[1]
+    assert "| **all** | 64 |" in result.to_markdown()

@@ -9,12 +9,16 @@ head mask composes with the gate (the gate multiplies the mask it receives).
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Optional
 
 import torch
 from jaxtyping import Float
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
@@ -22,8 +26,10 @@ from vit_interp.config import ViTConfig
 from vit_interp.errors import ConfigError
 from vit_interp.gating.gumbel import gumbel_sigmoid, keep_decisions
 from vit_interp.hooked_vit import HookedViT
+from vit_interp.io import save_json_atomic, save_tensors_atomic
 
 PRESETS = ("final", "adavit")
+GATE_WEIGHTS, GATE_SPEC = "gate.safetensors", "gate.json"
 Hook = Callable[[Tensor, HookPoint], Optional[Tensor]]
 
 
@@ -106,6 +112,25 @@ class HeadGate(nn.Module):
         if not self.last_masks:
             raise ConfigError("no decisions yet: run the gated model once before asking for usage")
         return torch.stack([self.last_masks[l] for l in self.layers]).mean()
+
+    # Files -------------------------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike, card: Optional[dict] = None) -> None:
+        """Write ``gate.safetensors`` (decision networks) and ``gate.json`` (how to rebuild, + card)."""
+        directory = Path(directory)
+        spec = {"d_model": self.d_model, "n_heads": self.n_heads, "layers": self.layers,
+                "read_hooks": [self.read_hooks[l] for l in self.layers], "token": self.token, "tau": self.tau}
+        save_tensors_atomic(self.state_dict(), directory / GATE_WEIGHTS)
+        save_json_atomic({"gate": spec, "card": card or {}}, directory / GATE_SPEC)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "HeadGate":
+        """Rebuild a gate written by `save`."""
+        directory = Path(directory)
+        if not (directory / GATE_SPEC).is_file() or not (directory / GATE_WEIGHTS).is_file():
+            raise ConfigError(f"{directory} holds no gate ({GATE_SPEC} + {GATE_WEIGHTS}); save one with gate.save(folder)")
+        gate = cls(**json.loads((directory / GATE_SPEC).read_text())["gate"])
+        gate.load_state_dict(load_file(str(directory / GATE_WEIGHTS)))
+        return gate
 
     # Hooks -------------------------------------------------------------------------------------------
     def fwd_hooks(self) -> list[tuple[str, Hook]]:

@@ -1,0 +1,82 @@
+"""What a gate does on a dataset: accuracy and head usage overall, per class, per (layer, head)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from vit_interp.data import ImageDataset, prepare
+from vit_interp.gating.head_gate import HeadGate
+from vit_interp.hooked_vit import HookedViT
+from vit_interp.stats import bootstrap_mean_ci
+
+
+@dataclass
+class GateEvaluation:
+    """Accuracy and usage of a gated model; CIs are percentile-bootstrap 95% over images.
+
+    ``keep_rate[c, i, h]`` is how often head ``h`` of gated layer ``layers[i]`` runs on class ``c``.
+    """
+
+    class_names: list[str]
+    layers: list[int]
+    accuracy: float
+    accuracy_ci: tuple[float, float]
+    usage: float
+    usage_ci: tuple[float, float]
+    per_class: list[dict[str, Any]]
+    keep_rate: Tensor = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {"accuracy": self.accuracy, "accuracy_ci95": list(self.accuracy_ci), "usage": self.usage,
+                "usage_ci95": list(self.usage_ci), "layers": self.layers, "per_class": self.per_class,
+                "keep_rate_per_class_layer_head": self.keep_rate.tolist()}
+
+    def to_markdown(self) -> str:
+        """Every class: accuracy and usage with CIs; the overall row last."""
+        lines = ["| class | n | accuracy | 95% CI | usage | 95% CI |", "|---|---:|---:|---|---:|---|"]
+        for row in self.per_class:
+            lines.append(f"| {row['name']} | {row['n']} | {row['accuracy']:.2%} | [{row['accuracy_ci95'][0]:.2%}, "
+                         f"{row['accuracy_ci95'][1]:.2%}] | {row['usage']:.3f} | [{row['usage_ci95'][0]:.3f}, {row['usage_ci95'][1]:.3f}] |")
+        n = sum(row["n"] for row in self.per_class)
+        lines.append(f"| **all** | {n} | {self.accuracy:.2%} | [{self.accuracy_ci[0]:.2%}, {self.accuracy_ci[1]:.2%}] | "
+                     f"{self.usage:.3f} | [{self.usage_ci[0]:.3f}, {self.usage_ci[1]:.3f}] |")
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def evaluate_gate(model: HookedViT, gate: HeadGate, data: ImageDataset, batch_size: int = 512,
+                  n_resamples: int = 1000, progress: bool = True) -> GateEvaluation:
+    """Run ``model`` gated by ``gate`` (eval mode: deterministic decisions) over ``data``."""
+    model.eval()
+    device = model.embed.W_E.device
+    predictions, masks = [], []
+    with gate.attached(model):
+        for start in tqdm(range(0, len(data), batch_size), desc="gated eval", disable=not progress, leave=False):
+            logits = model(prepare(data.images[start: start + batch_size].to(device), model.cfg))
+            predictions.append(logits.argmax(-1).cpu())
+            masks.append(torch.stack([gate.last_masks[l] for l in gate.layers], dim=1).cpu())  # [b, layers, heads]
+    correct = (torch.cat(predictions) == data.labels).double()
+    mask = torch.cat(masks).double()
+    usage_per_image = mask.mean(dim=(1, 2))
+    per_class, keep_rate = [], []
+    for label, name in enumerate(data.class_names):
+        mine = data.labels == label
+        keep_rate.append(mask[mine].mean(0) if mine.any() else torch.full(mask.shape[1:], float("nan")))
+        per_class.append({
+            "name": name, "n": int(mine.sum()),
+            "accuracy": float(correct[mine].mean()) if mine.any() else float("nan"),
+            "accuracy_ci95": list(bootstrap_mean_ci(correct[mine], n_resamples, seed=1 + label)),
+            "usage": float(usage_per_image[mine].mean()) if mine.any() else float("nan"),
+            "usage_ci95": list(bootstrap_mean_ci(usage_per_image[mine], n_resamples, seed=101 + label)),
+        })
+    return GateEvaluation(
+        list(data.class_names), list(gate.layers), float(correct.mean()), bootstrap_mean_ci(correct, n_resamples),
+        float(usage_per_image.mean()), bootstrap_mean_ci(usage_per_image, n_resamples, seed=100), per_class,
+        torch.stack(keep_rate).float(),
+    )
