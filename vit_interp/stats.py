@@ -20,3 +20,9 @@ def bootstrap_mean_ci(values: Tensor, n_resamples: int = 1000, confidence: float
     alpha = (1 - confidence) / 2
     low, high = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
     return (low, high)
+
+
+def mean_with_ci(values: Tensor, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """``(mean, ci_low, ci_high)`` of ``values``; all NaN for an empty tensor (e.g. a class with no images)."""
+    mean = float(values.double().mean()) if values.numel() else float("nan")
+    return (mean, *bootstrap_mean_ci(values, n_resamples, confidence, seed))

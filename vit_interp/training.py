@@ -23,11 +23,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vit_interp.config import ViTConfig
-from vit_interp.data import ImageDataset, augment, prepare
+from vit_interp.data import ImageDataset, augment, model_batches, prepare
 from vit_interp.errors import ConfigError
 from vit_interp.hooked_vit import HookedViT
 from vit_interp.io import save_json_atomic, save_tensors_atomic
-from vit_interp.stats import bootstrap_mean_ci
+from vit_interp.stats import mean_with_ci
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +118,8 @@ def _device_of(model: HookedViT) -> torch.device:
 def predict(model: HookedViT, data: ImageDataset, batch_size: int = 512, progress: bool = True) -> Tensor:
     """Logits ``[n, n_classes]`` for every image (prepared with `vit_interp.data.prepare`)."""
     model.eval()
-    device = _device_of(model)
-    outputs = []
-    for start in tqdm(range(0, len(data), batch_size), desc="predict", disable=not progress, leave=False):
-        images = prepare(data.images[start: start + batch_size].to(device), model.cfg)
-        outputs.append(model(images).float().cpu())
+    batches = model_batches(data.images, model.cfg, _device_of(model), batch_size, "predict", progress)
+    outputs = [model(images).float().cpu() for images in batches]
     return torch.cat(outputs) if outputs else torch.zeros(0, model.cfg.n_classes)
 
 
@@ -137,13 +134,12 @@ def evaluate(
         )
     predictions = predict(model, data, batch_size, progress).argmax(dim=-1)
     correct = (predictions == data.labels).double()
-    low, high = bootstrap_mean_ci(correct, n_resamples, seed=seed)
-    per_class = []
-    for label, name in enumerate(data.class_names):
-        mine = correct[data.labels == label]
-        c_low, c_high = bootstrap_mean_ci(mine, n_resamples, seed=seed + 1 + label)
-        per_class.append(ClassAccuracy(name, int(mine.numel()), float(mine.mean()) if mine.numel() else float("nan"), c_low, c_high))
-    return Evaluation(float(correct.mean()), low, high, len(data), per_class, predictions, data.labels)
+    accuracy, low, high = mean_with_ci(correct, n_resamples, seed=seed)
+    per_class = [
+        ClassAccuracy(name, int((data.labels == label).sum()), *mean_with_ci(correct[data.labels == label], n_resamples, seed=seed + 1 + label))
+        for label, name in enumerate(data.class_names)
+    ]
+    return Evaluation(accuracy, low, high, len(data), per_class, predictions, data.labels)
 
 
 def _param_groups(model: HookedViT, weight_decay: float) -> list[dict[str, Any]]:

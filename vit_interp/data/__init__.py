@@ -9,7 +9,7 @@ from vit_interp.data.cifar import load_cifar
 from vit_interp.data.dataset import ImageDataset, split_train_val
 from vit_interp.data.fashion_mnist import load_fashion_mnist
 from vit_interp.data.folder import load_image_folder
-from vit_interp.data.transforms import augment, fit_to_model, normalize, prepare
+from vit_interp.data.transforms import augment, fit_to_model, model_batches, normalize, prepare
 from vit_interp.errors import DataError
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "folder:PATH")
@@ -73,5 +73,5 @@ def load_dataset(
 
 __all__ = [
     "DATASETS", "SPLITS", "ImageDataset", "augment", "default_val_size", "fit_to_model", "load_cifar", "load_dataset",
-    "load_fashion_mnist", "load_image_folder", "normalize", "prepare", "split_train_val",
+    "load_fashion_mnist", "load_image_folder", "model_batches", "normalize", "prepare", "split_train_val",
 ]

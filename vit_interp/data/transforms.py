@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Optional
+from collections.abc import Iterator, Sequence
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from vit_interp.config import ViTConfig
 from vit_interp.errors import ImageInputError
@@ -43,6 +44,19 @@ def fit_to_model(images: Float[Tensor, "batch channels height width"], cfg: ViTC
 def prepare(images: Float[Tensor, "batch channels height width"], cfg: ViTConfig) -> Float[Tensor, "batch in_channels out_height out_width"]:
     """Dataset images in [0, 1] → model input: `fit_to_model`, then `normalize` with the model's statistics."""
     return normalize(fit_to_model(images, cfg).to(cfg.dtype), cfg.image_mean, cfg.image_std)
+
+
+def model_batches(
+    images: Float[Tensor, "n channels height width"],
+    cfg: ViTConfig,
+    device: Union[str, torch.device],
+    batch_size: int = 512,
+    desc: str = "batches",
+    progress: bool = True,
+) -> Iterator[Float[Tensor, "batch in_channels out_height out_width"]]:
+    """Dataset images in [0, 1], in order, as `prepare`d model inputs on ``device``, with a progress bar."""
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+        yield prepare(images[start: start + batch_size].to(device), cfg)
 
 
 def augment(

@@ -7,12 +7,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from vit_interp.data import ImageDataset, prepare
+from vit_interp.data import ImageDataset, model_batches
 from vit_interp.gating.head_gate import HeadGate
 from vit_interp.hooked_vit import HookedViT
-from vit_interp.stats import bootstrap_mean_ci
+from vit_interp.stats import mean_with_ci
 
 
 @dataclass
@@ -54,12 +53,10 @@ def evaluate_gate(model: HookedViT, gate: HeadGate, data: ImageDataset, batch_si
                   n_resamples: int = 1000, progress: bool = True) -> GateEvaluation:
     """Run ``model`` gated by ``gate`` (eval mode: deterministic decisions) over ``data``."""
     model.eval()
-    device = model.embed.W_E.device
     predictions, masks = [], []
     with gate.attached(model):
-        for start in tqdm(range(0, len(data), batch_size), desc="gated eval", disable=not progress, leave=False):
-            logits = model(prepare(data.images[start: start + batch_size].to(device), model.cfg))
-            predictions.append(logits.argmax(-1).cpu())
+        for images in model_batches(data.images, model.cfg, model.embed.W_E.device, batch_size, "gated eval", progress):
+            predictions.append(model(images).argmax(-1).cpu())
             masks.append(torch.stack([gate.last_masks[l] for l in gate.layers], dim=1).cpu())  # [b, layers, heads]
     correct = (torch.cat(predictions) == data.labels).double()
     mask = torch.cat(masks).double()
@@ -68,15 +65,11 @@ def evaluate_gate(model: HookedViT, gate: HeadGate, data: ImageDataset, batch_si
     for label, name in enumerate(data.class_names):
         mine = data.labels == label
         keep_rate.append(mask[mine].mean(0) if mine.any() else torch.full(mask.shape[1:], float("nan")))
-        per_class.append({
-            "name": name, "n": int(mine.sum()),
-            "accuracy": float(correct[mine].mean()) if mine.any() else float("nan"),
-            "accuracy_ci95": list(bootstrap_mean_ci(correct[mine], n_resamples, seed=1 + label)),
-            "usage": float(usage_per_image[mine].mean()) if mine.any() else float("nan"),
-            "usage_ci95": list(bootstrap_mean_ci(usage_per_image[mine], n_resamples, seed=101 + label)),
-        })
-    return GateEvaluation(
-        list(data.class_names), list(gate.layers), float(correct.mean()), bootstrap_mean_ci(correct, n_resamples),
-        float(usage_per_image.mean()), bootstrap_mean_ci(usage_per_image, n_resamples, seed=100), per_class,
-        torch.stack(keep_rate).float(),
-    )
+        accuracy, *accuracy_ci = mean_with_ci(correct[mine], n_resamples, seed=1 + label)
+        usage, *usage_ci = mean_with_ci(usage_per_image[mine], n_resamples, seed=101 + label)
+        per_class.append({"name": name, "n": int(mine.sum()), "accuracy": accuracy, "accuracy_ci95": accuracy_ci,
+                          "usage": usage, "usage_ci95": usage_ci})
+    accuracy, *accuracy_ci = mean_with_ci(correct, n_resamples)
+    usage, *usage_ci = mean_with_ci(usage_per_image, n_resamples, seed=100)
+    return GateEvaluation(list(data.class_names), list(gate.layers), accuracy, tuple(accuracy_ci), usage, tuple(usage_ci),
+                          per_class, torch.stack(keep_rate).float())

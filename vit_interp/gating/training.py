@@ -16,7 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vit_interp.data import ImageDataset, prepare
+from vit_interp.data import ImageDataset, model_batches
 from vit_interp.errors import ConfigError
 from vit_interp.gating.head_gate import HeadGate
 from vit_interp.hooked_vit import HookedViT
@@ -63,11 +63,8 @@ def residual_at(model: HookedViT, data: ImageDataset, layer: int, batch_size: in
                 ) -> Float[Tensor, "n pos d_model"]:
     """The residual stream entering block ``layer`` for every image (the frozen prefix, run once)."""
     model.eval()
-    device = model.embed.W_E.device
-    chunks = []
-    for start in tqdm(range(0, len(data), batch_size), desc=f"prefix to layer {layer}", disable=not progress, leave=False):
-        images = prepare(data.images[start: start + batch_size].to(device), model.cfg)
-        chunks.append(model(images, stop_at_layer=layer))
+    batches = model_batches(data.images, model.cfg, model.embed.W_E.device, batch_size, f"prefix to layer {layer}", progress)
+    chunks = [model(images, stop_at_layer=layer) for images in batches]
     return torch.cat(chunks)
 
 
