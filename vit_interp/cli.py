@@ -113,8 +113,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_gate(args: argparse.Namespace) -> int:
-    import json
-
     import torch
 
     from vit_interp import HookedViT

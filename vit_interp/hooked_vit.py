@@ -445,7 +445,7 @@ class HookedViT(HookedRootModule):
         return self.classifier.W_U
 
     @property
-    def b_U(self) -> Float[Tensor, "n_classes"]:
+    def b_U(self) -> Float[Tensor, " n_classes"]:
         """Classifier bias."""
         return self.classifier.b_U
 
@@ -462,7 +462,7 @@ class HookedViT(HookedRootModule):
     # TransformerLens analysis interface --------------------------------------------------------------
     def accumulated_bias(
         self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
-    ) -> Float[Tensor, "d_model"]:
+    ) -> Float[Tensor, " d_model"]:
         """Sum of the attention (and MLP) output biases written before ``layer`` (TransformerLens)."""
         if not 0 <= layer <= self.cfg.n_layers:
             raise ValueError(f"layer {layer} is out of range; use 0..{self.cfg.n_layers}")
