@@ -142,6 +142,15 @@ class HookedViT(HookedRootModule):
             block.attn.set_use_attn_result(use_attn_result)
         self.setup()
 
+    def set_skip_pruned_heads(self, skip: bool) -> None:
+        """Compute only the heads a 0/1 ``hook_head_mask`` keeps (grouping images by mask) instead of
+        zeroing pruned heads' ``z``. Off by default: results then equal the masked dense path up to
+        float rounding (not bitwise), and the dense path still runs whenever a hook watches q/k/v,
+        scores, pattern, z or result, or a gradient flows through the mask.
+        """
+        for block in self.blocks:
+            block.attn.skip_pruned_heads = bool(skip)
+
     # Forward ------------------------------------------------------------------------------------
     def forward(
         self,

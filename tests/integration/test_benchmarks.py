@@ -16,3 +16,12 @@ def test_forward_overhead_quick_run_prints_its_ratios() -> None:
     ).stdout
     assert "HookedViT / timm" in out and "run_with_cache / forward" in out
     assert "max |logits diff| timm vs HookedViT" in out and "(ok)" in out
+
+
+def test_head_pruning_quick_run_prints_its_ratios() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "head_pruning.py"), "--quick", "--threads", "1"],
+        capture_output=True, text=True, check=True, timeout=600,
+    ).stdout
+    assert "skipping vs masked dense" in out and "(ok)" in out
+    assert out.count("at usage 1/3 / dense") == 2
