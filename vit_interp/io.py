@@ -53,3 +53,10 @@ def save_text_atomic(text: str, path: str | Path) -> None:
             handle.write(text)
 
     _atomic(Path(path), write)
+
+
+def save_figure_atomic(figure: Any, path: str | Path, dpi: int = 120) -> Path:
+    """Write a matplotlib ``Figure`` as PNG via a temporary file and an atomic rename."""
+    path = Path(path)
+    _atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+    return path

@@ -70,3 +70,22 @@ def test_train_gate_command_on_the_shipped_model(tmp_path, capsys) -> None:
     assert 0 <= spec["card"]["test"]["usage"] <= 1 and "| **all** | 10000 |" in (out / "report.md").read_text()
     assert HeadGate.load(out).layers == [5]
     assert "saved gate to" in capsys.readouterr().out
+    rows = {row["name"]: row for row in spec["card"]["controls"]["rows"]}
+    assert set(rows) == {"ceiling (no pruning)", "gate", "random masks", "best fixed subset", "floor (gated heads all pruned)"}
+    assert rows["gate"]["accuracy"] == spec["card"]["test"]["accuracy"]
+    assert rows["ceiling (no pruning)"]["accuracy"] == pytest.approx(0.8826, abs=1e-4), "the shipped model's test accuracy"
+    assert (out / "head_usage.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Controls on the same test images" in (out / "README.md").read_text()
+
+
+@needs_data
+def test_gate_curve_command_writes_curve_and_figure(tmp_path, capsys) -> None:
+    out = tmp_path / "curve"
+    assert main(["gate-curve", "fashion-mnist-vit", "--out", str(out), "--targets", "0.3,0.8", "--epochs", "1",
+                 "--limit", "512", "--n-random", "1", "--no-progress", "--threads", "1"]) == 0
+    points = json.loads((out / "curve.json").read_text())["points"]
+    assert [p["target"] for p in points if p["kind"] == "gate"] == [0.3, 0.8]
+    assert sum(p["kind"] == "fixed" for p in points) == 5 and sum(p["kind"] == "random" for p in points) == 2
+    assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG" and (out / "curve.csv").read_text().startswith("kind,")
+    with pytest.raises(SystemExit, match="comma-separated numbers"):
+        main(["gate-curve", "fashion-mnist-vit", "--out", str(out), "--targets", "low,high"])

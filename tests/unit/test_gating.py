@@ -156,12 +156,37 @@ def test_gate_training_reaches_the_target_usage_with_a_frozen_backbone(target) -
     assert abs(float(gate.usage()) - target) < 0.15, history[-1]
 
 
-def test_gate_training_refuses_a_bad_target() -> None:
+def test_joint_fine_tuning_trains_backbone_and_gate_together() -> None:
+    from vit_interp.gating.training import GateTrainConfig, train_gate
+
+    model = micro_model(image_mean=None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = synthetic_dataset(n=128)
+    torch.manual_seed(0)
+    gate = HeadGate.preset("adavit", model.cfg)
+    gate_before = gate.decision["1"].weight.clone()
+    config = GateTrainConfig(target_usage=0.5, epochs=2, batch_size=32, lr=1e-2, seed=0, finetune_backbone=True,
+                             backbone_lr=1e-3)
+    history = train_gate(model, gate, data, config, progress=False)
+    assert [h["epoch"] for h in history] == [1, 2] and all(0 <= h["train_accuracy"] <= 1 for h in history)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
+    assert "blocks.0.attn.W_Q" in changed and "embed.W_E" in changed, "the whole backbone trains"
+    assert not torch.equal(gate.decision["1"].weight, gate_before)
+    assert not model.training and all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"target_usage": 0.0}, r"target_usage must be in \(0, 1\]"),
+    ({"target_usage": 1.5}, r"target_usage must be in \(0, 1\]"),
+    ({"epochs": 0}, "must be positive"),
+    ({"backbone_lr": -1.0}, "must be positive"),
+    ({"usage_weight": -0.5}, "usage_weight must be >= 0"),
+])
+def test_gate_training_refuses_bad_settings(bad, message) -> None:
     from vit_interp.gating.training import GateTrainConfig
 
-    for bad in (0.0, 1.5):
-        with pytest.raises(ConfigError, match=r"target_usage must be in \(0, 1\]"):
-            GateTrainConfig(target_usage=bad)
+    with pytest.raises(ConfigError, match=message):
+        GateTrainConfig(**bad)
 
 
 def test_gate_save_load_round_trip(tmp_path) -> None:

@@ -18,7 +18,8 @@ from vit_interp.stats import mean_with_ci
 class GateEvaluation:
     """Accuracy and usage of a gated model; CIs are percentile-bootstrap 95% over images.
 
-    ``keep_rate[c, i, h]`` is how often head ``h`` of gated layer ``layers[i]`` runs on class ``c``.
+    ``keep_rate[c, i, h]`` is how often head ``h`` of gated layer ``layers[i]`` runs on class ``c``;
+    ``head_keep_rate[i, h]`` the same over all images.
     """
 
     class_names: list[str]
@@ -29,12 +30,19 @@ class GateEvaluation:
     usage_ci: tuple[float, float]
     per_class: list[dict[str, Any]]
     keep_rate: Tensor = field(repr=False)
+    head_keep_rate: Tensor = field(repr=False)
+
+    @property
+    def layer_usage(self) -> dict[int, float]:
+        """Mean keep rate of each gated layer over all images and its heads."""
+        return {layer: float(self.head_keep_rate[i].mean()) for i, layer in enumerate(self.layers)}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary."""
         return {"accuracy": self.accuracy, "accuracy_ci95": list(self.accuracy_ci), "usage": self.usage,
                 "usage_ci95": list(self.usage_ci), "layers": self.layers, "per_class": self.per_class,
-                "keep_rate_per_class_layer_head": self.keep_rate.tolist()}
+                "keep_rate_per_class_layer_head": self.keep_rate.tolist(),
+                "keep_rate_per_layer_head": self.head_keep_rate.tolist()}
 
     def to_markdown(self) -> str:
         """Every class: accuracy and usage with CIs; the overall row last."""
@@ -45,6 +53,16 @@ class GateEvaluation:
         n = sum(row["n"] for row in self.per_class)
         lines.append(f"| **all** | {n} | {self.accuracy:.2%} | [{self.accuracy_ci[0]:.2%}, {self.accuracy_ci[1]:.2%}] | "
                      f"{self.usage:.3f} | [{self.usage_ci[0]:.3f}, {self.usage_ci[1]:.3f}] |")
+        return "\n".join(lines)
+
+    def keep_rate_markdown(self) -> str:
+        """How often each (gated layer, head) runs: every class, then all images."""
+        heads = self.head_keep_rate.shape[-1]
+        columns = [f"L{layer}H{h}" for layer in self.layers for h in range(heads)]
+        lines = ["| class | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+        for c, name in enumerate(self.class_names):
+            lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in self.keep_rate[c].flatten().tolist()) + " |")
+        lines.append("| **all** | " + " | ".join(f"{v:.2f}" for v in self.head_keep_rate.flatten().tolist()) + " |")
         return "\n".join(lines)
 
 
@@ -72,4 +90,4 @@ def evaluate_gate(model: HookedViT, gate: HeadGate, data: ImageDataset, batch_si
     accuracy, *accuracy_ci = mean_with_ci(correct, n_resamples)
     usage, *usage_ci = mean_with_ci(usage_per_image, n_resamples, seed=100)
     return GateEvaluation(list(data.class_names), list(gate.layers), accuracy, tuple(accuracy_ci), usage, tuple(usage_ci),
-                          per_class, torch.stack(keep_rate).float())
+                          per_class, torch.stack(keep_rate).float(), mask.mean(0).float())
