@@ -112,35 +112,150 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gate_report(name: str, card: dict, evaluation, controls) -> str:
+    """The gate's README/report: how it was made, results per class and head, controls."""
+    settings = ", ".join(f"{k}={v}" for k, v in card["settings"].items())
+    return "\n".join([
+        f"# {name}", "", f"Head gate (`{card['preset']}` preset, layers {evaluation.layers}) for model `{card['model']}` "
+        f"on {card['dataset']}; trained on {card['n_train']} training images (validation hold-out excluded), "
+        f"evaluated on {card['n_test']} test images. CIs are 95% percentile bootstrap over images.", "",
+        "```", card["command"], "```", "", f"Settings: {settings}.", "",
+        f"Test accuracy **{evaluation.accuracy:.2%}** [{evaluation.accuracy_ci[0]:.2%}, {evaluation.accuracy_ci[1]:.2%}], "
+        f"head usage **{evaluation.usage:.3f}** [{evaluation.usage_ci[0]:.3f}, {evaluation.usage_ci[1]:.3f}].", "",
+        "## Per class", "", evaluation.to_markdown(), "", "## Keep rate per (layer, head)", "",
+        evaluation.keep_rate_markdown(), "", "![head usage per class](head_usage.png)", "",
+        "## Controls on the same test images", "",
+        "Random masks keep each head of a gated layer with probability equal to the gate's usage of that layer; "
+        "the best fixed subset has the gate's (rounded) number of heads and is chosen on the validation split.", "",
+        controls.to_markdown(), "",
+    ])
+
+
 def _cmd_train_gate(args: argparse.Namespace) -> int:
     import torch
 
     from vit_interp import HookedViT
+    from vit_interp.analysis.gating_figures import head_usage_heatmap
     from vit_interp.data import load_dataset
     from vit_interp.gating import HeadGate
-    from vit_interp.gating.evaluation import evaluate_gate
+    from vit_interp.gating.baselines import gate_controls
     from vit_interp.gating.training import GateTrainConfig, train_gate
+    from vit_interp.io import save_figure_atomic, save_text_atomic
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    config = GateTrainConfig(target_usage=args.target, usage_weight=args.usage_weight, epochs=args.epochs,
+                             batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             finetune_backbone=args.finetune_backbone, backbone_lr=args.backbone_lr)
     torch.manual_seed(args.seed)  # the decision networks' initialisation
     model = HookedViT.from_pretrained(args.model, device=_device(args.device))
     train = load_dataset(args.dataset, "train", root=args.data_root)
+    val = load_dataset(args.dataset, "val", root=args.data_root)
+    if args.limit:
+        train, val = train.head(args.limit), val.head(max(1, args.limit // 5))
+    test = load_dataset(args.dataset, "test", root=args.data_root)
+    gate = HeadGate.preset(args.preset, model.cfg, tau=args.tau)
+    history = train_gate(model, gate, train, config, progress=not args.no_progress)
+    out = Path(args.out)
+    if args.finetune_backbone:
+        model.save_pretrained(out / "model")
+    controls = gate_controls(model, gate, test, selection=val, seed=args.seed, progress=not args.no_progress)
+    evaluation = controls.gate
+    card = {"command": "vit-interp " + " ".join(shlex.quote(a) for a in args.argv), "kind": "head-gate",
+            "model": str(args.model) if not args.finetune_backbone else str(out / "model"), "preset": args.preset,
+            "dataset": args.dataset, "n_train": len(train), "n_val": len(val), "n_test": len(test),
+            "settings": config.__dict__, "history": history, "test": evaluation.to_dict(), "controls": controls.to_dict()}
+    gate.save(out, card=card)
+    save_figure_atomic(head_usage_heatmap(evaluation), out / "head_usage.png")
+    report = _gate_report(out.name, card, evaluation, controls)
+    save_text_atomic(report, out / "report.md")
+    save_text_atomic(report, out / "README.md")
+    print(controls.to_markdown())
+    print(f"saved gate to {out}: test accuracy {evaluation.accuracy:.2%}, head usage {evaluation.usage:.3f}")
+    return 0
+
+
+def _cmd_gate_curve(args: argparse.Namespace) -> int:
+    import torch
+
+    from vit_interp import HookedViT
+    from vit_interp.analysis.gating_figures import usage_curve_figure
+    from vit_interp.data import load_dataset
+    from vit_interp.gating.curve import usage_curve
+    from vit_interp.gating.training import GateTrainConfig
+    from vit_interp.io import save_figure_atomic, save_json_atomic, save_text_atomic
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        targets = [float(t) for t in args.targets.split(",")]
+    except ValueError:
+        raise SystemExit(f"vit-interp: error: --targets {args.targets!r} must be comma-separated numbers, e.g. 0.3,0.5,0.7")
+    model = HookedViT.from_pretrained(args.model, device=_device(args.device))
+    train = load_dataset(args.dataset, "train", root=args.data_root)
+    val = load_dataset(args.dataset, "val", root=args.data_root)
+    if args.limit:
+        train, val = train.head(args.limit), val.head(max(1, args.limit // 5))
+    test = load_dataset(args.dataset, "test", root=args.data_root)
+    config = GateTrainConfig(usage_weight=args.usage_weight, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    curve = usage_curve(model, train, test, selection=val, targets=targets, preset=args.preset, config=config,
+                        n_random=args.n_random, seed=args.seed, progress=not args.no_progress)
+    out = Path(args.out)
+    command = "vit-interp " + " ".join(shlex.quote(a) for a in args.argv)
+    save_text_atomic(curve.to_csv(), out / "curve.csv")
+    save_json_atomic({"command": command, "settings": config.__dict__, "points": curve.points}, out / "curve.json")
+    save_figure_atomic(usage_curve_figure(curve, f"{args.model}: accuracy vs head usage ({args.preset} gate)"), out / "curve.png")
+    save_text_atomic(f"# Accuracy vs head usage\n\n```\n{command}\n```\n\n{curve.to_markdown()}\n\n![curve](curve.png)\n",
+                     out / "report.md")
+    print(curve.to_markdown())
+    print(f"wrote {out / 'curve.png'}, curve.csv, curve.json and report.md")
+    return 0
+
+
+def _cmd_train_sae(args: argparse.Namespace) -> int:
+    import torch
+
+    from vit_interp import HookedViT
+    from vit_interp.data import load_dataset
+    from vit_interp.io import save_text_atomic
+    from vit_interp.gating import HeadGate
+    from vit_interp.sae import SAETrainConfig, evaluate_sae, save_sae, train_sae
+    from vit_interp.sae.files import metrics_markdown
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = HookedViT.from_pretrained(args.model, device=_device(args.device))
+    hook = args.hook or f"blocks.{model.cfg.n_layers - 1}.hook_resid_pre"  # the paper's: input of the final block
+    train = load_dataset(args.dataset, "train", root=args.data_root)  # the validation hold-out stays out
     if args.limit:
         train = train.head(args.limit)
     test = load_dataset(args.dataset, "test", root=args.data_root)
-    gate = HeadGate.preset(args.preset, model.cfg, tau=args.tau)
-    config = GateTrainConfig(target_usage=args.target, usage_weight=args.usage_weight, epochs=args.epochs,
-                             batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    history = train_gate(model, gate, train, config, progress=not args.no_progress)
-    result = evaluate_gate(model, gate, test, progress=not args.no_progress)
-    card = {"command": "vit-interp " + " ".join(shlex.quote(a) for a in args.argv), "model": str(args.model),
-            "dataset": args.dataset, "n_train": len(train), "settings": config.__dict__, "history": history,
-            "test": result.to_dict()}
-    gate.save(args.out, card=card)
-    Path(args.out, "report.md").write_text(result.to_markdown() + "\n")
-    print(result.to_markdown())
-    print(f"saved gate to {args.out}: test accuracy {result.accuracy:.2%}, head usage {result.usage:.3f}")
+    if args.test_limit:
+        test = test.head(args.test_limit)
+    config = SAETrainConfig(architecture=args.architecture, d_sae=args.d_sae, expansion_factor=args.expansion, k=args.k,
+                            l1_coefficient=args.l1_coefficient, l0_coefficient=args.l0_coefficient, lr=args.lr,
+                            epochs=args.epochs if args.samples is None else None, samples=args.samples,
+                            batch_size=args.batch_size, normalize_activations=args.normalize, seed=args.seed,
+                            device=_device(args.device))
+    sae, summary = train_sae(model, hook, train, config, tokens=args.tokens, eval_data=test, progress=not args.no_progress)
+    gate = HeadGate.load(args.gate) if args.gate else None
+    downstream = evaluate_sae(model, sae, test, tokens=args.tokens, gate=gate, progress=not args.no_progress)
+    card = {"command": "vit-interp " + " ".join(shlex.quote(a) for a in args.argv), "seed": args.seed,
+            "model": str(args.model), "hook_name": hook, "tokens": args.tokens, "dataset": args.dataset,
+            "n_train_images": len(train), "n_test_images": len(test), "settings": config.to_dict(),
+            "training": {k: summary[k] for k in ("n_train_rows", "steps", "samples", "train_seconds", "train")},
+            "history": summary["history"], "test": summary["held_out"], "gate": args.gate,
+            "test_spliced": downstream.to_dict()}
+    save_sae(sae, args.out, card=card)
+    report = (f"# SAE on {hook} ({args.tokens} tokens) of {args.model}\n\n{config.architecture}, d_sae {sae.cfg.d_sae}, "
+              f"{summary['steps']} steps on {summary['n_train_rows']} training rows, seed {args.seed}.\n\n"
+              f"Test split:\n\n{metrics_markdown(summary['held_out'])}\n\n"
+              f"Spliced into the model without error term (reconstruction replaces the activation at the "
+              f"{args.tokens} token(s)){f', gated by {args.gate}' if args.gate else ''}:\n\n{downstream.to_markdown()}\n")
+    save_text_atomic(report, Path(args.out, "report.md"))
+    print(metrics_markdown(summary["held_out"]))
+    print(f"saved SAE to {args.out}: test explained variance {summary['held_out']['explained_variance']:.3f}, "
+          f"L0 {summary['held_out']['l0']:.1f}")
     return 0
 
 
@@ -217,7 +332,64 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--seed", type=int, default=0)
     gate.add_argument("--limit", type=int, default=0, help="train on the first N training images only")
     gate.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    gate.add_argument("--finetune-backbone", action="store_true",
+                      help="train the model jointly with the gate (saved to OUT/model); default: frozen backbone")
+    gate.add_argument("--backbone-lr", type=float, default=1e-4, help="learning rate of the model when fine-tuning")
     gate.set_defaults(func=_cmd_train_gate)
+
+    curve = commands.add_parser(
+        "gate-curve", help="accuracy vs head usage: one gate per target usage, beside random masks and fixed subsets",
+        description="Train one gate per target usage on a frozen model and evaluate each on the test split beside "
+                    "random masks at the same usage, the best fixed head subset of each size (chosen on the "
+                    "validation split), the ceiling and the floor; write curve.csv, curve.json, curve.png, report.md.",
+    )
+    curve.add_argument("model", help="shipped model name (e.g. fashion-mnist-vit) or a folder from 'vit-interp train'")
+    _add_data_args(curve)
+    curve.add_argument("--out", required=True, help="output folder")
+    curve.add_argument("--targets", default="0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="comma-separated target usages")
+    curve.add_argument("--preset", default="final", choices=["final", "adavit"], help="which layers are gated")
+    curve.add_argument("--usage-weight", type=float, default=2.0)
+    curve.add_argument("--epochs", type=int, default=3)
+    curve.add_argument("--batch-size", type=int, default=256)
+    curve.add_argument("--lr", type=float, default=3e-3)
+    curve.add_argument("--n-random", type=int, default=5, help="random-mask draws per point")
+    curve.add_argument("--seed", type=int, default=0)
+    curve.add_argument("--limit", type=int, default=0, help="train on the first N training images only")
+    curve.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    curve.set_defaults(func=_cmd_gate_curve)
+
+    sae = commands.add_parser(
+        "train-sae", help="train a sae-lens SAE on a hook of a frozen model and report reconstruction on the test split",
+        description="Harvest the activations of one hook (forward passes stop there) on the training split (the "
+                    "validation hold-out excluded), train a sae-lens SAE with sae-lens' trainer, measure explained "
+                    "variance, MSE, L0 and dead latents on the test split, and save cfg.json + "
+                    "sae_weights.safetensors (sae-lens format), card.json, README.md and report.md into --out.",
+    )
+    sae.add_argument("model", help="shipped model name (e.g. fashion-mnist-vit) or a folder from 'vit-interp train'")
+    _add_data_args(sae)
+    sae.add_argument("--out", required=True, help="output folder for the SAE")
+    sae.add_argument("--hook", default=None, help="hook to train on (default: blocks.{L-1}.hook_resid_pre, the final block's input)")
+    sae.add_argument("--tokens", default="cls", choices=["cls", "patches", "all"], help="which positions become rows")
+    sae.add_argument("--architecture", default="topk", choices=["topk", "standard", "batchtopk", "jumprelu", "matryoshka"])
+    width = sae.add_mutually_exclusive_group()
+    width.add_argument("--d-sae", type=int, default=None, help="number of latents")
+    width.add_argument("--expansion", type=int, default=8, help="latents per input dimension (default 8)")
+    sae.add_argument("--k", type=int, default=16, help="active latents per row (topk, batchtopk, matryoshka)")
+    sae.add_argument("--l1-coefficient", type=float, default=1.0, help="sparsity weight of 'standard'")
+    sae.add_argument("--l0-coefficient", type=float, default=1.0, help="sparsity weight of 'jumprelu'")
+    length = sae.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=float, default=10.0, help="passes over the training rows (default 10)")
+    length.add_argument("--samples", type=int, default=None, help="training rows in total, instead of --epochs")
+    sae.add_argument("--batch-size", type=int, default=1024, help="rows per step")
+    sae.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine to lr/10)")
+    sae.add_argument("--normalize", default="expected_average_only_in", choices=["expected_average_only_in", "none"],
+                     help="activation normalisation while training (folded into the weights afterwards)")
+    sae.add_argument("--seed", type=int, default=0)
+    sae.add_argument("--limit", type=int, default=0, help="train on the first N training images only")
+    sae.add_argument("--test-limit", type=int, default=0, help="measure on the first N test images only")
+    sae.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    sae.add_argument("--gate", default=None, help="head gate (shipped name or folder) for the gate-agreement metric")
+    sae.set_defaults(func=_cmd_train_sae)
     return parser
 
 

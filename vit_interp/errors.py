@@ -41,3 +41,7 @@ class UnsupportedModelError(VitInterpError, ValueError):
 
 class DataError(VitInterpError, ValueError):
     """A dataset file is missing, corrupt, truncated or inconsistent."""
+
+
+class LatentIndexError(VitInterpError, IndexError):
+    """An SAE latent id is outside ``0..d_sae-1``."""

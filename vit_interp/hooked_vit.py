@@ -16,6 +16,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import Slice
 
 from vit_interp.components import Classifier, Embed, LayerNorm, PosEmbed, TransformerBlock
+from vit_interp.components.spliced_sae import SAEHostMixin
 from vit_interp.config import ViTConfig
 from vit_interp.errors import (
     ClassIndexError,
@@ -31,13 +32,15 @@ NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
 _HEAD_POS_SUFFIXES = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")
 
 
-class HookedViT(HookedRootModule):
+class HookedViT(SAEHostMixin, HookedRootModule):
     """A pre-LN ViT classifier built from `vit_interp.components`, hookable like TransformerLens.
 
     ``run_with_hooks``, ``run_with_cache`` (returning a TransformerLens ``ActivationCache``),
     ``hooks()``, permanent and backward hooks all come from TransformerLens' ``HookedRootModule``.
     Hook names and shapes are listed in ``docs/hooks.md``; every hook in ``hook_dict`` fires on
-    every full forward pass, and an edit made by a hook always reaches the output.
+    every full forward pass, and an edit made by a hook always reaches the output. sae-lens SAEs
+    splice in like in sae-lens' ``HookedSAETransformer`` (``add_sae``, ``saes()``, ``run_with_saes``,
+    ...: see `vit_interp.components.spliced_sae`).
 
     Example:
         >>> model = HookedViT(ViTConfig(n_layers=2, d_model=32, n_heads=4, image_size=16,
@@ -365,6 +368,8 @@ class HookedViT(HookedRootModule):
 
     def pos_dim(self, hook_name: str) -> Optional[int]:
         """The token-position axis of a hook's activation (negative index), or None if it has none."""
+        if ".hook_sae_" in hook_name:  # a spliced SAE's hooks follow the hook they are spliced at
+            return self._sae_pos_dim(hook_name)
         leaf = hook_name.rsplit(".", 1)[-1]
         if leaf in _HEAD_POS_SUFFIXES:
             return -3
