@@ -76,7 +76,10 @@ def save_sae(sae: Any, path: PathLike, card: Optional[dict[str, Any]] = None) ->
             sae.save_inference_model(tmp)
         else:
             sae.save_model(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
         for name in (SAE_CONFIG_FILE, SAE_WEIGHTS_FILE):
+            os.chmod(Path(tmp) / name, 0o666 & ~umask)  # sae-lens' safetensors writer may create 0600 files
             os.replace(Path(tmp) / name, target / name)
     if card is not None:
         save_json_atomic(card, target / CARD_FILE)
@@ -162,6 +165,14 @@ def card_markdown(card: dict[str, Any], name: str) -> str:
     test = card.get("test")
     if test:
         lines += ["", "## Test metrics", "", metrics_markdown(test)]
+    if card.get("test_spliced"):
+        from vit_interp.sae.metrics import SAEEvaluation
+
+        gate = f", gated by `{card['gate']}`" if card.get("gate") else ""
+        lines += ["", "## Spliced into the model (test split)", "",
+                  f"The reconstruction replaces the activation at the {card.get('tokens', '?')} token(s), no error "
+                  f"term{gate}; accuracies with 95% bootstrap CIs (Δ paired over images).", "",
+                  SAEEvaluation.from_dict(card["test_spliced"]).to_markdown()]
     return "\n".join(lines) + "\n"
 
 

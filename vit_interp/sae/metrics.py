@@ -83,6 +83,13 @@ class SAEEvaluation:
         out = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "firing_frequency"}
         return {key: list(value) if isinstance(value, tuple) else value for key, value in out.items()}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SAEEvaluation":
+        """Rebuild from `to_dict` output (e.g. a card); ``firing_frequency`` is not stored there."""
+        fields = {key: tuple(value) if key.endswith("_ci") and value is not None else value
+                  for key, value in data.items() if key in cls.__dataclass_fields__}
+        return cls(**fields)
+
     def to_markdown(self) -> str:
         """A two-column table of the metrics."""
         def ci(interval: Optional[tuple[float, float]], percent: bool = True) -> str:
