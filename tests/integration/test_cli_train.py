@@ -71,7 +71,8 @@ def test_train_gate_command_on_the_shipped_model(tmp_path, capsys) -> None:
     assert HeadGate.load(out).layers == [5]
     assert "saved gate to" in capsys.readouterr().out
     rows = {row["name"]: row for row in spec["card"]["controls"]["rows"]}
-    assert set(rows) == {"ceiling (no pruning)", "gate", "random masks", "best fixed subset", "floor (gated heads all pruned)"}
+    assert {"ceiling (no pruning)", "gate", "random masks", "floor (gated heads all pruned)"} <= set(rows)
+    assert 1 <= sum(name.startswith("best fixed subset, ") for name in rows) <= 2
     assert rows["gate"]["accuracy"] == spec["card"]["test"]["accuracy"]
     assert rows["ceiling (no pruning)"]["accuracy"] == pytest.approx(0.8826, abs=1e-4), "the shipped model's test accuracy"
     assert (out / "head_usage.png").read_bytes()[:4] == b"\x89PNG"

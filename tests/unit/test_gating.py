@@ -221,3 +221,41 @@ def test_evaluate_gate_reports_usage_per_class_and_head() -> None:
     assert result.keep_rate.shape == (5, 1, 4) and len(result.per_class) == 5
     assert result.usage_ci[0] <= result.usage <= result.usage_ci[1]
     assert "| **all** | 64 |" in result.to_markdown()
+
+
+def test_attached_on_a_permanently_gated_model_does_not_gate_twice() -> None:
+    from vit_interp.gating.evaluation import evaluate_gate
+
+    model = micro_model(image_mean=None)
+    data = synthetic_dataset(n=32)
+    gate = HeadGate.preset("final", model.cfg)
+    once = evaluate_gate(model, gate, data, progress=False)
+    gate.attach(model)
+    again = evaluate_gate(model, gate, data, progress=False)  # used to raise "found no input"
+    gate.detach(model)
+    assert again.accuracy == once.accuracy and again.usage == once.usage
+
+
+def test_gate_training_works_with_gradients_globally_off() -> None:
+    from vit_interp.gating.training import GateTrainConfig, train_gate
+
+    model = micro_model()
+    gate = HeadGate.preset("final", model.cfg)
+    with torch.no_grad():
+        history = train_gate(model, gate, synthetic_dataset(n=64), GateTrainConfig(epochs=1, batch_size=32), progress=False)
+        assert not torch.is_grad_enabled(), "the caller's mode is restored"
+    assert len(history) == 1
+
+
+def test_evaluate_gate_from_a_cached_prefix_equals_the_full_run() -> None:
+    from vit_interp.gating.evaluation import evaluate_gate
+    from vit_interp.gating.training import residual_at
+
+    model = micro_model(image_mean=None)
+    data = synthetic_dataset(n=40)
+    gate = HeadGate.preset("final", model.cfg)
+    full = evaluate_gate(model, gate, data, progress=False)
+    cached = evaluate_gate(model, gate, data, progress=False, prefix=residual_at(model, data, 1, progress=False))
+    assert cached.accuracy == full.accuracy and torch.equal(cached.keep_rate, full.keep_rate)
+    with pytest.raises(ConfigError, match="prefix has 3 rows for 40 images"):
+        evaluate_gate(model, gate, data, progress=False, prefix=torch.zeros(3, 17, 32))

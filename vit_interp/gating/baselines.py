@@ -16,6 +16,7 @@ stream entering the first gated block), so only the gated suffix is recomputed p
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -29,7 +30,7 @@ from vit_interp.data import ImageDataset
 from vit_interp.errors import ConfigError
 from vit_interp.gating.evaluation import GateEvaluation, evaluate_gate
 from vit_interp.gating.head_gate import HeadGate, mask_hook_name
-from vit_interp.gating.training import residual_at
+from vit_interp.gating.training import residual_at, start_layer
 from vit_interp.hooked_vit import HookedViT
 from vit_interp.stats import mean_with_ci
 
@@ -64,18 +65,18 @@ def fixed_mask_hook(mask: Tensor) -> Callable:
 
 @torch.no_grad()
 def subset_correctness(model: HookedViT, layer: int, data: ImageDataset, batch_size: int = 512,
-                       prefix: Optional[Tensor] = None, progress: bool = True
+                       prefix: Optional[Tensor] = None, progress: bool = True, subsets: Optional[Tensor] = None,
                        ) -> tuple[Float[Tensor, "n_subsets n_heads"], Bool[Tensor, "n_subsets n"]]:
     """Correctness of every image under every fixed subset of ``layer``'s heads (other layers intact).
 
-    Returns ``(subsets, correct)`` with ``subsets`` from `all_subsets`. Pass ``prefix`` (the residual
-    stream entering ``layer`` for ``data``, from `residual_at`) to reuse it.
+    Returns ``(subsets, correct)`` with ``subsets`` from `all_subsets` unless given. Pass ``prefix``
+    (the residual stream entering ``layer`` for ``data``, from `residual_at`) to reuse it.
     """
     model.eval()
     if not 0 <= layer < model.cfg.n_layers:
         raise ConfigError(f"layer {layer} is out of range for a model with {model.cfg.n_layers} layers")
     prefix = residual_at(model, data, layer, progress=progress) if prefix is None else prefix
-    subsets = all_subsets(model.cfg.n_heads)
+    subsets = all_subsets(model.cfg.n_heads) if subsets is None else subsets
     rows = []
     for mask in tqdm(subsets, desc=f"fixed subsets of layer {layer}", disable=not progress, leave=False):
         rows.append(suffix_correctness(model, prefix, data.labels, layer,
@@ -181,11 +182,12 @@ def gate_controls(model: HookedViT, gate: HeadGate, test: ImageDataset, selectio
                   n_random: int = 5, seed: int = 0, batch_size: int = 512, progress: bool = True) -> GateControls:
     """Evaluate ``gate`` on ``test`` beside the ceiling, the floor, random masks at the gate's per-layer
     usage and — for a gate on a single layer, when a ``selection`` split is given — the best fixed
-    subset with the gate's (rounded) number of kept heads, chosen on ``selection``."""
+    subsets with the whole numbers of heads just below and above the gate's usage, chosen on
+    ``selection``."""
     gate.check_compatible(model)
-    evaluation = evaluate_gate(model, gate, test, batch_size=batch_size, progress=progress)
-    start = min(gate.layers)
+    start = start_layer(gate)
     prefix = residual_at(model, test, start, progress=progress)
+    evaluation = evaluate_gate(model, gate, test, batch_size=batch_size, progress=progress, prefix=prefix)
     labels, k = test.labels, test.n_classes
     rows = [_row("ceiling (no pruning)", suffix_correctness(model, prefix, labels, start, [], batch_size), labels, k, 1.0)]
     rows.append(ControlRow("gate", evaluation.accuracy, evaluation.accuracy_ci, evaluation.usage,
@@ -194,15 +196,18 @@ def gate_controls(model: HookedViT, gate: HeadGate, test: ImageDataset, selectio
     rows.append(_row("random masks", correct, labels, k, float(usage.mean()),
                      f"Bernoulli per layer at the gate's usage, mean of {n_random} draws"))
     if len(gate.layers) == 1 and selection is not None:
-        layer = gate.layers[0]
-        subsets, chosen_on = subset_correctness(model, layer, selection, batch_size, progress=progress)
-        size = round(evaluation.usage * model.cfg.n_heads)
-        best = best_subset_of_each_size(subsets, chosen_on, [size])[size]
-        heads = subsets[best].nonzero().squeeze(1).tolist()
-        correct = suffix_correctness(model, prefix, labels, start,
-                                      [(mask_hook_name(layer), fixed_mask_hook(subsets[best].to(prefix.device)))], batch_size)
-        rows.append(_row("best fixed subset", correct, labels, k, size / model.cfg.n_heads,
-                         f"heads {heads} of layer {layer}, best of size {size} on {selection.split}"))
+        # The gate's usage times n_heads is rarely a whole number: bracket it with the sizes below and above.
+        layer, n_heads = gate.layers[0], model.cfg.n_heads
+        sizes = sorted({math.floor(evaluation.usage * n_heads), math.ceil(evaluation.usage * n_heads)})
+        subsets = all_subsets(n_heads)
+        subsets = subsets[torch.isin(subsets.sum(-1), torch.tensor(sizes, dtype=subsets.dtype))]
+        subsets, chosen_on = subset_correctness(model, layer, selection, batch_size, progress=progress, subsets=subsets)
+        for size, best in best_subset_of_each_size(subsets, chosen_on, sizes).items():
+            heads = subsets[best].nonzero().squeeze(1).tolist()
+            correct = suffix_correctness(model, prefix, labels, start,
+                                         [(mask_hook_name(layer), fixed_mask_hook(subsets[best].to(prefix.device)))], batch_size)
+            rows.append(_row(f"best fixed subset, {size} heads", correct, labels, k, size / n_heads,
+                             f"heads {heads} of layer {layer}, best of size {size} on {selection.split}"))
     floor_hooks = [(mask_hook_name(layer), fixed_mask_hook(torch.zeros(model.cfg.n_heads, device=prefix.device)))
                    for layer in gate.layers]
     rows.append(_row("floor (gated heads all pruned)", suffix_correctness(model, prefix, labels, start, floor_hooks, batch_size),

@@ -109,7 +109,7 @@ def usage_curve(model: HookedViT, train: ImageDataset, test: ImageDataset, selec
         gate = HeadGate.preset(preset, model.cfg, tau=probe.tau)
         settings = GateTrainConfig(**{**config.__dict__, "target_usage": target, "seed": seed + i})
         train_gate(model, gate, train, settings, progress=False, prefix=train_prefix)
-        evaluation = evaluate_gate(model, gate, test, batch_size=batch_size, progress=False)
+        evaluation = evaluate_gate(model, gate, test, batch_size=batch_size, progress=False, prefix=test_prefix)
         gates[target] = gate
         points.append({"kind": "gate", "target": target, "usage": evaluation.usage, "accuracy": evaluation.accuracy,
                        "ci_low": evaluation.accuracy_ci[0], "ci_high": evaluation.accuracy_ci[1],

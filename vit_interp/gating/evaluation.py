@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from vit_interp.data import ImageDataset, model_batches
+from vit_interp.errors import ConfigError
 from vit_interp.gating.head_gate import HeadGate
 from vit_interp.hooked_vit import HookedViT
 from vit_interp.stats import mean_with_ci
@@ -68,13 +69,27 @@ class GateEvaluation:
 
 @torch.no_grad()
 def evaluate_gate(model: HookedViT, gate: HeadGate, data: ImageDataset, batch_size: int = 512,
-                  n_resamples: int = 1000, progress: bool = True) -> GateEvaluation:
-    """Run ``model`` gated by ``gate`` (eval mode: deterministic decisions) over ``data``."""
+                  n_resamples: int = 1000, progress: bool = True, prefix: Optional[Tensor] = None) -> GateEvaluation:
+    """Run ``model`` gated by ``gate`` (eval mode: deterministic decisions) over ``data``.
+
+    ``prefix`` (the residual stream entering the gate's first read block for ``data``, from
+    `vit_interp.gating.training.residual_at`) skips recomputing the frozen prefix.
+    """
+    from vit_interp.gating.training import start_layer
+
     model.eval()
     predictions, masks = [], []
+    if prefix is None:
+        batches = model_batches(data.images, model.cfg, model.embed.W_E.device, batch_size, "gated eval", progress)
+        start = None
+    else:
+        if len(prefix) != len(data):
+            raise ConfigError(f"prefix has {len(prefix)} rows for {len(data)} images; compute it with residual_at on the same data")
+        batches = (prefix[i: i + batch_size] for i in range(0, len(prefix), batch_size))
+        start = start_layer(gate)
     with gate.attached(model):
-        for images in model_batches(data.images, model.cfg, model.embed.W_E.device, batch_size, "gated eval", progress):
-            predictions.append(model(images).argmax(-1).cpu())
+        for inputs in batches:
+            predictions.append(model(inputs, start_at_layer=start).argmax(-1).cpu())
             masks.append(torch.stack([gate.last_masks[l] for l in gate.layers], dim=1).cpu())  # [b, layers, heads]
     correct = (torch.cat(predictions) == data.labels).double()
     mask = torch.cat(masks).double()

@@ -121,6 +121,20 @@ class HeadGate(nn.Module):
             raise ConfigError("no decisions yet: run the gated model once before asking for usage")
         return torch.stack([self.last_masks[l] for l in self.layers]).mean()
 
+    def reading(self, read_hooks: dict[int, str]) -> "HeadGate":
+        """The same decision networks (shared, not copied) reading other hooks for some layers.
+
+        E.g. ``gate.reading({5: "blocks.5.hook_resid_pre.hook_sae_output"})`` makes the final gate read
+        an SAE's output spliced at its usual input.
+        """
+        unknown = sorted(set(read_hooks) - set(self.layers))
+        if unknown:
+            raise ConfigError(f"layers {unknown} are not gated by this gate (it gates {self.layers})")
+        hooks = [read_hooks.get(layer, self.read_hooks[layer]) for layer in self.layers]
+        view = HeadGate(self.d_model, self.n_heads, self.layers, read_hooks=hooks, token=self.token, tau=self.tau)
+        view.decision = self.decision
+        return view
+
     # Files -------------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, card: Optional[dict] = None) -> None:
         """Write ``gate.safetensors`` (decision networks) and ``gate.json`` (how to rebuild, + card)."""
@@ -227,8 +241,15 @@ class HeadGate(nn.Module):
 
     @contextmanager
     def attached(self, model: HookedViT) -> Iterator[HookedViT]:
-        """``with gate.attached(model): ...`` gates the model inside the block only."""
+        """``with gate.attached(model): ...`` gates the model inside the block only.
+
+        If the gate is already attached permanently, the block runs with it as it is (the gate is
+        never applied twice).
+        """
         self.check_compatible(model)
+        if id(model) in self._attached:
+            yield model
+            return
         with model.hooks(fwd_hooks=self.fwd_hooks()):
             try:
                 yield model

@@ -114,7 +114,9 @@ def train_gate(
     gate.generator = torch.Generator().manual_seed(config.seed + 1)
     steps = math.ceil(len(train) / config.batch_size)
     history: list[dict[str, Any]] = []
+    grad_was_enabled = torch.is_grad_enabled()
     try:
+        torch.set_grad_enabled(True)  # restored below: callers may have turned gradients off globally
         model.train()  # the gate samples while the model is in train mode
         with gate.attached(model):
             for epoch in tqdm(range(config.epochs), desc="gate epochs", disable=not progress):
@@ -137,6 +139,7 @@ def train_gate(
                 history.append({"epoch": epoch + 1, "loss": total_loss / len(train), "usage": total_usage / len(train),
                                 "train_accuracy": total_correct / len(train)})
     finally:
+        torch.set_grad_enabled(grad_was_enabled)
         model.eval()
         gate.generator = None
         for name, p in model.named_parameters():
