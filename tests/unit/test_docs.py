@@ -122,7 +122,7 @@ def python_blocks(text: str) -> list[str]:
     return blocks
 
 
-@pytest.mark.parametrize("page", ["index.md", "hooks.md", "loading.md"])
+@pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md") if python_blocks(p.read_text())))
 def test_python_examples_run(page: str) -> None:
     """Each page's examples run in order in one namespace, like a reader pasting them into a session."""
     blocks = python_blocks((DOCS / page).read_text())

@@ -381,3 +381,24 @@ def test_in_place_edits_of_sae_hooks_do_not_leak_into_the_stream(model, images, 
         edited = model.run_with_hooks_with_saes(images, saes=[sae], use_error_term=True,
                                                 fwd_hooks=[(f"{HOOK}.hook_sae_output", zero_)])
         assert not torch.equal(edited, clean)  # fed to the stream, the in-place edit counts
+
+
+def test_tokens_default_to_the_sae_metadata() -> None:
+    import sae_lens
+
+    from tests.micro import images_for, micro_model
+
+    model = micro_model()
+    sae = sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=32, d_sae=48, k=4))
+    sae.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"
+    images = images_for(model)
+    with torch.no_grad():
+        _, clean = model.run_with_cache(images, names_filter="blocks.1.hook_resid_pre")
+        with model.saes([sae], use_error_term=False):
+            _, everywhere = model.run_with_cache(images, names_filter="blocks.1.hook_resid_pre")
+        sae.cfg.metadata.tokens = "cls"
+        with model.saes([sae], use_error_term=False):
+            _, cls_only = model.run_with_cache(images, names_filter="blocks.1.hook_resid_pre")
+    name = "blocks.1.hook_resid_pre"
+    assert not torch.equal(everywhere[name][:, 1:], clean[name][:, 1:]), "sae-lens default: every position"
+    assert torch.equal(cls_only[name][:, 1:], clean[name][:, 1:]) and not torch.equal(cls_only[name][:, 0], clean[name][:, 0])

@@ -316,7 +316,7 @@ class SAEHostMixin:
         sae: Any,
         use_error_term: Optional[bool] = None,
         feed_stream: bool = True,
-        tokens: str = "all",
+        tokens: Optional[str] = None,
     ) -> None:
         """Splice ``sae`` in at ``sae.cfg.metadata.hook_name`` until `reset_saes` (replacing any SAE there).
 
@@ -329,7 +329,8 @@ class SAEHostMixin:
                 ``<hook>.hook_sae_output``) but pass the original activation on, untouched.
             tokens: Positions the SAE output replaces: ``"all"`` (sae-lens), ``"cls"`` (position 0,
                 for SAEs trained on class-token rows) or ``"patches"`` (positions after the prefix
-                tokens). Other positions flow on unchanged.
+                tokens). Other positions flow on unchanged. None: the ``tokens`` recorded in the
+                SAE's metadata by `vit_interp.sae.train_sae`, else ``"all"``.
         """
         self._check_sae(sae)
         hook_name = getattr(sae.cfg.metadata, "hook_name", None)
@@ -345,6 +346,8 @@ class SAEHostMixin:
         if _SAE_HOOK_MARK in hook_name:
             raise ConfigError(f"cannot splice an SAE into another SAE's hook {hook_name!r}; use a hook of the model itself")
         self.check_hook_name(hook_name)
+        if tokens is None:  # the SAE's own token selection when it was trained by vit-interp, else sae-lens' "all"
+            tokens = getattr(sae.cfg.metadata, "tokens", None) or "all"
         if tokens not in SPLICE_TOKENS:
             raise ConfigError(f"unknown token selection {tokens!r}; choose one of {list(SPLICE_TOKENS)}")
         current = self.hook_dict[hook_name]
@@ -380,7 +383,7 @@ class SAEHostMixin:
         reset_saes_end: bool = True,
         use_error_term: Optional[bool] = None,
         feed_stream: bool = True,
-        tokens: str = "all",
+        tokens: Optional[str] = None,
     ) -> Iterator[Any]:
         """``with model.saes([sae, ...]):`` splice SAEs inside the block; on exit restore what was spliced before.
 
@@ -411,7 +414,7 @@ class SAEHostMixin:
         reset_saes_end: bool = True,
         use_error_term: Optional[bool] = None,
         feed_stream: bool = True,
-        tokens: str = "all",
+        tokens: Optional[str] = None,
         **model_kwargs: Any,
     ) -> Any:
         """One forward pass with ``saes`` spliced (see `add_sae`); previously spliced SAEs are restored after."""
@@ -425,7 +428,7 @@ class SAEHostMixin:
         reset_saes_end: bool = True,
         use_error_term: Optional[bool] = None,
         feed_stream: bool = True,
-        tokens: str = "all",
+        tokens: Optional[str] = None,
         **cache_kwargs: Any,
     ) -> tuple[Any, Any]:
         """`run_with_cache` (all its options) with ``saes`` spliced; the SAEs' hooks are cached too."""
@@ -439,7 +442,7 @@ class SAEHostMixin:
         reset_saes_end: bool = True,
         use_error_term: Optional[bool] = None,
         feed_stream: bool = True,
-        tokens: str = "all",
+        tokens: Optional[str] = None,
         fwd_hooks: Sequence[Any] = (),
         bwd_hooks: Sequence[Any] = (),
         reset_hooks_end: bool = True,

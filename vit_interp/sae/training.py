@@ -352,7 +352,7 @@ def train_sae(
     was_training = model.training
     model.eval()  # harvest what the model computes in use
     try:
-        with torch.random.fork_rng(devices=[]), _sae_lens_progress(progress):
+        with torch.random.fork_rng(devices=[]), _sae_lens_progress(progress), torch.enable_grad():
             torch.manual_seed(config.seed)  # sae-lens initialises weights from the global RNG
             sae = _training_sae(sae_cfg)
             if shards is not None:
