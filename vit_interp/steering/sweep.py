@@ -89,9 +89,21 @@ class SweepEngine:
             self._code_to_row = torch.empty(2**self.n_heads, dtype=torch.long)
             self._code_to_row[self._codes(self.subsets)] = torch.arange(len(self.subsets))
             rows = []
-            for mask in tqdm(self.subsets, desc="logits under every mask", disable=not progress, leave=False):
-                rows.append(self._suffix(self.prefix, [(mask_hook_name(self.layer), fixed_mask_hook(mask.to(self.prefix.device)))]))
+            skipping = model.blocks[self.layer].attn.skip_pruned_heads
+            model.set_skip_pruned_heads(True)  # one mask per pass: pruned heads are simply not computed
+            try:
+                for mask in tqdm(self.subsets, desc="logits under every mask", disable=not progress, leave=False):
+                    hooks = [(mask_hook_name(self.layer), fixed_mask_hook(mask.to(self.prefix.device)))]
+                    rows.append(self._suffix(self.prefix, hooks))
+            finally:
+                model.set_skip_pruned_heads(skipping)
             self.table = torch.stack(rows)  # [n_masks, n, n_classes]
+
+    def logits_under(self, masks: Tensor) -> Float[Tensor, "n n_classes"]:
+        """Logits of every image under the given 0/1 mask (one row per image), from the table."""
+        if self.table is None:
+            raise ConfigError(f"no logits table for {self.n_heads} heads (built up to {MAX_TABLE_HEADS})")
+        return self.table[self._code_to_row[self._codes(masks)], torch.arange(len(masks))]
 
     def _codes(self, masks: Tensor) -> Tensor:
         weights = 2 ** torch.arange(masks.shape[-1])
@@ -122,7 +134,7 @@ class SweepEngine:
         decision = self.gate.decision[str(self.layer)]
         masks = keep_decisions(decision(seen.to(decision.weight.device))).cpu()
         if (spec is None or spec.target == "gate") and self.table is not None:
-            logits = self.table[self._code_to_row[self._codes(masks)], torch.arange(len(masks))]
+            logits = self.logits_under(masks)
         else:
             prefix = self.prefix.clone()
             prefix[:, 0] = seen.to(prefix.device) if spec is not None and spec.target == "gate+stream" else prefix[:, 0]
