@@ -1,13 +1,15 @@
-# Single entry point: `make test` installs what is missing (virtualenv, pinned Python packages,
-# Debian's Fashion-MNIST when run as root) and runs the whole test suite.
+# Two entry points install what is missing (virtualenv, pinned Python packages, Debian's
+# Fashion-MNIST when run as root): `make demo` runs `vit-interp reproduce` into report/,
+# `make test` runs the whole test suite.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vit-interp-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
-.PHONY: install data test test-fast docs benchmark clean
+.PHONY: install data demo test test-fast docs benchmark clean
 
 install: $(STAMP)
 
@@ -25,6 +27,9 @@ data:
 		echo "warning: $(FASHION_MNIST) is missing; install it with: sudo apt-get install dataset-fashion-mnist" >&2; \
 	fi
 
+demo: install data
+	$(VENV)/bin/vit-interp reproduce --out report $(DEMO_ARGS)
+
 test: install data
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
@@ -36,6 +41,9 @@ docs: install
 
 benchmark: install
 	$(PY) benchmarks/forward_overhead.py
+	$(PY) benchmarks/head_pruning.py
+	$(PY) benchmarks/sae_pipeline.py
+	$(PY) benchmarks/steering_sweep.py
 
 clean:
-	rm -rf $(VENV) site .pytest_cache
+	rm -rf $(VENV) site .pytest_cache report

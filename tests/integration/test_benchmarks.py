@@ -25,3 +25,11 @@ def test_head_pruning_quick_run_prints_its_ratios() -> None:
     ).stdout
     assert "skipping vs masked dense" in out and "(ok)" in out
     assert out.count("at usage 1/3 / dense") == 2
+
+
+def test_steering_sweep_quick_run_prints_its_ratio() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "steering_sweep.py"), "--quick", "--threads", "1"],
+        capture_output=True, text=True, check=True, timeout=600,
+    ).stdout
+    assert "engine vs naive" in out and "(ok)" in out and "naive / engine (build included)" in out

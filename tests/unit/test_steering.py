@@ -186,3 +186,21 @@ def test_sweep_engine_refuses_other_wirings_and_bad_rows(setup) -> None:
         engine.run(SteeringSpec([1], "scale", 2.0), rows=torch.ones(3, dtype=torch.bool))
     with pytest.raises(LatentIndexError):
         engine.run(SteeringSpec([99], "scale", 2.0))
+
+
+def test_class_rows_refuse_unknown_out_of_range_and_empty_classes(setup) -> None:
+    from vit_interp.data import ImageDataset
+    from vit_interp.errors import ClassIndexError, DataError
+    from vit_interp.steering.sweep import SweepEngine
+
+    model, gate, sae, _ = setup
+    data = synthetic()
+    data = ImageDataset(data.images, data.labels.clamp(max=3), data.class_names, "synthetic", "val")  # class 4 is empty
+    engine = SweepEngine(model, gate, sae, data, progress=False)
+    assert torch.equal(engine.class_rows("c2"), data.labels == 2) and torch.equal(engine.class_rows(1), data.labels == 1)
+    with pytest.raises(ClassIndexError, match="unknown class 'dog'"):
+        engine.class_rows("dog")
+    with pytest.raises(ClassIndexError, match="out of range; use 0..4"):
+        engine.class_rows(7)
+    with pytest.raises(DataError, match="class 'c4' has no images"):
+        engine.class_rows(4)

@@ -186,9 +186,7 @@ def per_class_circuits(val: SweepEngine, test: SweepEngine, stats: LatentStatist
     test_subset_correct = (test.table.argmax(-1) == test.data.labels)
     rows = []
     for c, name in enumerate(tqdm(test.data.class_names, desc="classes", disable=not progress)):
-        val_rows, test_rows = val.data.labels == c, test.data.labels == c
-        if not val_rows.any() or not test_rows.any():
-            raise ConfigError(f"class {name!r} has no images in the validation or test split; every class needs both")
+        val_rows, test_rows = val.class_rows(c), test.class_rows(c)
         latents = stats.class_selective_latents(c, settings.n_latents, min_class_rate=settings.min_class_rate)
         if not latents:
             latents = stats.class_selective_latents(c, settings.n_latents)

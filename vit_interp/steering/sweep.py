@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vit_interp.data import ImageDataset
-from vit_interp.errors import ConfigError
+from vit_interp.errors import ClassIndexError, ConfigError, DataError
 from vit_interp.gating.baselines import all_subsets, fixed_mask_hook
 from vit_interp.gating.gumbel import keep_decisions
 from vit_interp.gating.head_gate import HeadGate, mask_hook_name
@@ -98,6 +98,22 @@ class SweepEngine:
             finally:
                 model.set_skip_pruned_heads(skipping)
             self.table = torch.stack(rows)  # [n_masks, n, n_classes]
+
+    def class_rows(self, class_: Any) -> Tensor:
+        """Bool ``[n]``: the engine's images of ``class_`` (a name or index); errors if it has none."""
+        names = list(self.data.class_names)
+        if isinstance(class_, str):
+            if class_ not in names:
+                raise ClassIndexError(f"unknown class {class_!r}; choose one of {names}")
+            index = names.index(class_)
+        elif isinstance(class_, bool) or not isinstance(class_, int) or not 0 <= class_ < len(names):
+            raise ClassIndexError(f"class {class_!r} is out of range; use 0..{len(names) - 1} or a class name")
+        else:
+            index = class_
+        rows = self.data.labels == index
+        if not rows.any():
+            raise DataError(f"class {names[index]!r} has no images in this {self.data.split} data; steer a class that is present")
+        return rows
 
     def logits_under(self, masks: Tensor) -> Float[Tensor, "n n_classes"]:
         """Logits of every image under the given 0/1 mask (one row per image), from the table."""
