@@ -131,29 +131,48 @@ def _gate_report(name: str, card: dict, evaluation, controls) -> str:
     ])
 
 
-def _cmd_train_gate(args: argparse.Namespace) -> int:
+def _command(args: argparse.Namespace) -> str:
+    """The command line as typed, for cards and reports."""
+    return "vit-interp " + " ".join(shlex.quote(a) for a in args.argv)
+
+
+def _model_for(args: argparse.Namespace):
+    """Apply --threads, load --model (shipped name or folder) on --device."""
     import torch
 
     from vit_interp import HookedViT
-    from vit_interp.analysis.gating_figures import head_usage_heatmap
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return HookedViT.from_pretrained(args.model, device=_device(args.device))
+
+
+def _gate_splits(args: argparse.Namespace) -> tuple:
+    """Training split (validation hold-out excluded), validation and test; --limit shrinks the first two."""
     from vit_interp.data import load_dataset
+
+    train = load_dataset(args.dataset, "train", root=args.data_root)
+    val = load_dataset(args.dataset, "val", root=args.data_root)
+    if args.limit:
+        train, val = train.head(args.limit), val.head(max(1, args.limit // 5))
+    return train, val, load_dataset(args.dataset, "test", root=args.data_root)
+
+
+def _cmd_train_gate(args: argparse.Namespace) -> int:
+    import torch
+
+    from vit_interp.analysis.gating_figures import head_usage_heatmap
     from vit_interp.gating import HeadGate
     from vit_interp.gating.baselines import gate_controls
     from vit_interp.gating.training import GateTrainConfig, train_gate
     from vit_interp.io import save_figure_atomic, save_text_atomic
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     config = GateTrainConfig(target_usage=args.target, usage_weight=args.usage_weight, epochs=args.epochs,
                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              finetune_backbone=args.finetune_backbone, backbone_lr=args.backbone_lr)
-    torch.manual_seed(args.seed)  # the decision networks' initialisation
-    model = HookedViT.from_pretrained(args.model, device=_device(args.device))
-    train = load_dataset(args.dataset, "train", root=args.data_root)
-    val = load_dataset(args.dataset, "val", root=args.data_root)
-    if args.limit:
-        train, val = train.head(args.limit), val.head(max(1, args.limit // 5))
-    test = load_dataset(args.dataset, "test", root=args.data_root)
+    torch.manual_seed(args.seed)  # the decision networks' initialisation (seeded before loading, as always)
+    model = _model_for(args)
+    train, val, test = _gate_splits(args)
     gate = HeadGate.preset(args.preset, model.cfg, tau=args.tau)
     history = train_gate(model, gate, train, config, progress=not args.no_progress)
     out = Path(args.out)
@@ -161,7 +180,7 @@ def _cmd_train_gate(args: argparse.Namespace) -> int:
         model.save_pretrained(out / "model")
     controls = gate_controls(model, gate, test, selection=val, seed=args.seed, progress=not args.no_progress)
     evaluation = controls.gate
-    card = {"command": "vit-interp " + " ".join(shlex.quote(a) for a in args.argv), "kind": "head-gate",
+    card = {"command": _command(args), "kind": "head-gate",
             "model": str(args.model) if not args.finetune_backbone else str(out / "model"), "preset": args.preset,
             "dataset": args.dataset, "n_train": len(train), "n_val": len(val), "n_test": len(test),
             "settings": config.__dict__, "history": history, "test": evaluation.to_dict(), "controls": controls.to_dict()}
@@ -176,32 +195,22 @@ def _cmd_train_gate(args: argparse.Namespace) -> int:
 
 
 def _cmd_gate_curve(args: argparse.Namespace) -> int:
-    import torch
-
-    from vit_interp import HookedViT
     from vit_interp.analysis.gating_figures import usage_curve_figure
-    from vit_interp.data import load_dataset
     from vit_interp.gating.curve import usage_curve
     from vit_interp.gating.training import GateTrainConfig
     from vit_interp.io import save_figure_atomic, save_json_atomic, save_text_atomic
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
         targets = [float(t) for t in args.targets.split(",")]
     except ValueError:
         raise SystemExit(f"vit-interp: error: --targets {args.targets!r} must be comma-separated numbers, e.g. 0.3,0.5,0.7")
-    model = HookedViT.from_pretrained(args.model, device=_device(args.device))
-    train = load_dataset(args.dataset, "train", root=args.data_root)
-    val = load_dataset(args.dataset, "val", root=args.data_root)
-    if args.limit:
-        train, val = train.head(args.limit), val.head(max(1, args.limit // 5))
-    test = load_dataset(args.dataset, "test", root=args.data_root)
+    model = _model_for(args)
+    train, val, test = _gate_splits(args)
     config = GateTrainConfig(usage_weight=args.usage_weight, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     curve = usage_curve(model, train, test, selection=val, targets=targets, preset=args.preset, config=config,
                         n_random=args.n_random, seed=args.seed, progress=not args.no_progress)
     out = Path(args.out)
-    command = "vit-interp " + " ".join(shlex.quote(a) for a in args.argv)
+    command = _command(args)
     save_text_atomic(curve.to_csv(), out / "curve.csv")
     save_json_atomic({"command": command, "settings": config.__dict__, "points": curve.points}, out / "curve.json")
     save_figure_atomic(usage_curve_figure(curve, f"{args.model}: accuracy vs head usage ({args.preset} gate)"), out / "curve.png")

@@ -204,3 +204,17 @@ def test_class_rows_refuse_unknown_out_of_range_and_empty_classes(setup) -> None
         engine.class_rows(7)
     with pytest.raises(DataError, match="class 'c4' has no images"):
         engine.class_rows(4)
+
+
+def test_latent_sweep_is_every_latent_alone_at_every_value(setup) -> None:
+    from vit_interp.steering.sweep import SweepEngine, latent_sweep
+
+    model, gate, sae, _ = setup
+    data = synthetic()
+    engine = SweepEngine(model, gate, sae, data, progress=False)
+    rows = data.labels == 1
+    table = latent_sweep(engine, [0, 5], [0.5, 8.0], rows=rows)
+    assert [(r["latent"], r["value"]) for r in table] == [(0, 0.5), (0, 8.0), (5, 0.5), (5, 8.0)]
+    direct = engine.run(SteeringSpec([5], "scale", 8.0), rows=rows)
+    assert table[3]["usage"] == pytest.approx(float(direct.usage[rows].mean()))
+    assert table[3]["delta_usage"] == pytest.approx(table[3]["usage"] - float(engine.run(None).usage[rows].mean()))

@@ -42,7 +42,7 @@ class MethodAgreement:
 
     def to_markdown(self) -> str:
         """One row per pair of methods: overall and per-head Spearman ρ, mean top-``top`` overlap."""
-        lines = [f"| methods | Spearman ρ (all pairs) | " + " | ".join(f"ρ {h}" for h in self.head_labels)
+        lines = ["| methods | Spearman ρ (all pairs) | " + " | ".join(f"ρ {h}" for h in self.head_labels)
                  + f" | top-{self.top} overlap (mean over heads) |",
                  "|---|---:|" + "---:|" * len(self.head_labels) + "---:|"]
         for (a, b), rho in self.spearman.items():

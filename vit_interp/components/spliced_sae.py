@@ -72,6 +72,12 @@ def _always_called(module: nn.Module, args: Any, output: Any) -> None:
     return None
 
 
+def _on_host(name: str) -> Any:
+    """A property reading and writing attribute ``name`` of the replaced hook point (the host)."""
+    return property(lambda self: getattr(self.host, name), lambda self, value: setattr(self.host, name, value),
+                    doc=f"The host hook point's ``{name}``.")
+
+
 class SplicedSAE(HookPoint):
     """A hook point that runs a sae-lens SAE and passes its output on (see the module docstring).
 
@@ -124,45 +130,11 @@ class SplicedSAE(HookPoint):
         return self.__dict__["_host"]
 
     # Hook bookkeeping lives on the host, so nothing moves on splice or reset ------------------------
-    @property
-    def fwd_hooks(self) -> list:  # type: ignore[override]
-        return self.host.fwd_hooks
-
-    @fwd_hooks.setter
-    def fwd_hooks(self, value: list) -> None:
-        self.host.fwd_hooks = value
-
-    @property
-    def bwd_hooks(self) -> list:  # type: ignore[override]
-        return self.host.bwd_hooks
-
-    @bwd_hooks.setter
-    def bwd_hooks(self, value: list) -> None:
-        self.host.bwd_hooks = value
-
-    @property
-    def ctx(self) -> dict:  # type: ignore[override]
-        return self.host.ctx
-
-    @ctx.setter
-    def ctx(self, value: dict) -> None:
-        self.host.ctx = value
-
-    @property
-    def hook_conversion(self) -> Any:  # type: ignore[override]
-        return self.host.hook_conversion
-
-    @hook_conversion.setter
-    def hook_conversion(self, value: Any) -> None:
-        self.host.hook_conversion = value
-
-    @property
-    def backward_scale(self) -> float:  # type: ignore[override]
-        return self.host.backward_scale
-
-    @backward_scale.setter
-    def backward_scale(self, value: float) -> None:
-        self.host.backward_scale = value
+    fwd_hooks = _on_host("fwd_hooks")
+    bwd_hooks = _on_host("bwd_hooks")
+    ctx = _on_host("ctx")
+    hook_conversion = _on_host("hook_conversion")
+    backward_scale = _on_host("backward_scale")
 
     def add_hook(self, *args: Any, **kwargs: Any) -> None:  # noqa: D102
         self.host.add_hook(*args, **kwargs)

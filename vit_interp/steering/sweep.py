@@ -169,3 +169,23 @@ def fixed_mask_hook_rows(masks: Tensor) -> Any:
         return current * masks.to(current.dtype)
 
     return hook
+
+
+@torch.no_grad()
+def latent_sweep(engine: SweepEngine, latents: Any, values: Any, rows: Optional[Tensor] = None, mode: str = "scale",
+                 target: str = "gate") -> list[dict[str, Any]]:
+    """The per-latent strategy: every latent alone at every value, on the images where ``rows`` is True
+    (default: all; also where it is evaluated). One dict per (latent, value): ``latent``, ``value``,
+    ``accuracy``, ``usage``, and the change of each against no steering."""
+    evaluated = torch.ones(len(engine.data), dtype=torch.bool) if rows is None else rows
+    base = engine.run(None)
+    base_accuracy = float(base.correct[evaluated].double().mean())
+    base_usage = float(base.usage[evaluated].mean())
+    out = []
+    for latent in latents:
+        for value in values:
+            result = engine.run(SteeringSpec([int(latent)], mode, float(value), target), rows=rows)
+            accuracy, usage = float(result.correct[evaluated].double().mean()), float(result.usage[evaluated].mean())
+            out.append({"latent": int(latent), "value": float(value), "accuracy": accuracy, "usage": usage,
+                        "delta_accuracy": accuracy - base_accuracy, "delta_usage": usage - base_usage})
+    return out
