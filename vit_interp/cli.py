@@ -155,7 +155,8 @@ def _gate_splits(args: argparse.Namespace) -> tuple:
     val = load_dataset(args.dataset, "val", root=args.data_root)
     if args.limit:
         train, val = train.head(args.limit), val.head(max(1, args.limit // 5))
-    return train, val, load_dataset(args.dataset, "test", root=args.data_root)
+    test = load_dataset(args.dataset, "test", root=args.data_root)
+    return train, val, test.head(args.test_limit) if args.test_limit else test
 
 
 def _cmd_train_gate(args: argparse.Namespace) -> int:
@@ -349,11 +350,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         common = ["--dataset", args.dataset, "--seed", str(args.seed)] + (["--data-root", args.data_root] if args.data_root else [])
         common += ["--no-progress"] if args.no_progress else []
         common += ["--limit", str(args.limit)] if args.limit else []
+        quick = ["--test-limit", str(args.limit)] if args.limit else []
         main(["train", "--out", str(parts / "model"), "--epochs", str(args.model_epochs)] + common)
         main(["train-gate", str(parts / "model"), "--out", str(parts / "gate"), "--preset", "final", "--target", "0.7",
-              "--epochs", str(args.gate_epochs)] + common)
+              "--epochs", str(args.gate_epochs)] + common + quick)
         main(["train-sae", str(parts / "model"), "--out", str(parts / "sae"), "--tokens", "cls", "--d-sae", "192", "--k", "16",
-              "--epochs", str(args.sae_epochs), "--gate", str(parts / "gate")] + common)
+              "--epochs", str(args.sae_epochs), "--gate", str(parts / "gate")] + common + quick)
         model_name, gate_name, sae_name = str(parts / "model"), str(parts / "gate"), str(parts / "sae")
     model = HookedViT.from_pretrained(model_name, device=_device(args.device))
     gate = HeadGate.load(gate_name).to(model.embed.W_E.device)
@@ -453,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--lr", type=float, default=3e-3)
     gate.add_argument("--seed", type=int, default=0)
     gate.add_argument("--limit", type=int, default=0, help="train on the first N training images only")
+    gate.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only (quick runs)")
     gate.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     gate.add_argument("--finetune-backbone", action="store_true",
                       help="train the model jointly with the gate (saved to OUT/model); default: frozen backbone")
@@ -477,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     curve.add_argument("--n-random", type=int, default=5, help="random-mask draws per point")
     curve.add_argument("--seed", type=int, default=0)
     curve.add_argument("--limit", type=int, default=0, help="train on the first N training images only")
+    curve.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only (quick runs)")
     curve.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     curve.set_defaults(func=_cmd_gate_curve)
 
