@@ -25,7 +25,8 @@ NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 CELL_TIMEOUT_S = 600
 KERNEL_NAME = "vit-interp-tests"
 # Notebooks that take more than ~20 s on 2 CPU cores (file names); they get the `slow` marker.
-SLOW_NOTEBOOKS: set[str] = {"02_dynamic_head_pruning.ipynb", "03_sae_latents.ipynb"}
+SLOW_NOTEBOOKS: set[str] = {"02_dynamic_head_pruning.ipynb", "03_sae_latents.ipynb", "04_per_class_steering.ipynb",
+                             "05_latent_head_attribution.ipynb"}
 
 # Runs first in the kernel: proves it is this interpreter's environment, not some other Python.
 _KERNEL_CHECK = f"""
