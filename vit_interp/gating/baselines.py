@@ -55,7 +55,8 @@ def suffix_correctness(model: HookedViT, prefix: Tensor, labels: Tensor, start: 
 
 
 def fixed_mask_hook(mask: Tensor) -> Callable:
-    """A ``hook_head_mask`` hook keeping the same heads (``mask``, ``[n_heads]``) for every image."""
+    """A ``hook_head_mask`` hook imposing ``mask``: ``[n_heads]`` (the same heads for every image) or
+    ``[batch, n_heads]`` (one mask per image)."""
 
     def hook(current: Tensor, hook: Any) -> Tensor:
         return current * mask.to(current.dtype)

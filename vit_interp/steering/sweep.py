@@ -83,7 +83,8 @@ class SweepEngine:
         self.recon = sae.decode(self.acts)
         self.error = x.to(device) - self.recon
         self.n_heads = model.cfg.n_heads
-        self.table: Optional[Tensor] = None
+        self.table: Optional[Tensor] = None  # [n_masks, n, n_classes]: logits under every mask (`subsets`)
+        self.subsets: Optional[Tensor] = None
         if self.n_heads <= MAX_TABLE_HEADS:
             self.subsets = all_subsets(self.n_heads)
             self._code_to_row = torch.empty(2**self.n_heads, dtype=torch.long)
@@ -157,18 +158,10 @@ class SweepEngine:
             mask_device = masks.to(prefix.device)
             logits = torch.cat([
                 self._suffix(prefix[s: s + self.batch_size],
-                             [(mask_hook_name(self.layer), fixed_mask_hook_rows(mask_device[s: s + self.batch_size]))])
+                             [(mask_hook_name(self.layer), fixed_mask_hook(mask_device[s: s + self.batch_size]))])
                 for s in range(0, len(prefix), self.batch_size)])
         return SweepResult(spec, masks, logits, self.data.labels)
 
-
-def fixed_mask_hook_rows(masks: Tensor) -> Any:
-    """A ``hook_head_mask`` hook imposing one given mask per image (``[batch, n_heads]``)."""
-
-    def hook(current: Tensor, hook: Any) -> Tensor:
-        return current * masks.to(current.dtype)
-
-    return hook
 
 
 @torch.no_grad()
