@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("script, expected", [
     ("forward_overhead.py", ["HookedViT / timm", "run_with_cache / forward", "max |logits diff| timm vs HookedViT", "(ok)"]),
-    ("head_pruning.py", ["skipping vs masked dense", "(ok)", "at usage 1/3 / dense"]),
+    ("head_pruning.py", ["skipping vs masked dense", "(ok)", "(one mask) at usage 1/3 / dense", "(mixed) at usage 1/3 / dense"]),
     ("steering_sweep.py", ["engine vs naive", "(ok)", "naive / engine (build included)"]),
 ])
 def test_benchmark_quick_run_prints_its_ratios(script, expected) -> None:
