@@ -47,6 +47,8 @@ def test_every_class_gets_a_row_that_follows_the_rule(system, tmp_path) -> None:
         assert 0 < row.mode_share <= 1 and len(row.mode_mask) == 4
         assert set(row.controls) == {"random_latents", "random_masks", "fixed_subset", "ceiling", "floor", "off_target"}
         assert len(row.controls["fixed_subset"]["heads"]) == sum(row.mode_mask)
+        low, high = row.controls["random_latents"]["usage_range"]
+        assert low <= row.controls["random_latents"]["usage"] <= high
     text = table.to_markdown()
     assert all(f"| {name} |" in text for name in test.data.class_names)
     assert table.to_csv().count("\n") == 1 + len(table.rows)

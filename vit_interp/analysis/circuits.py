@@ -152,13 +152,14 @@ class CircuitsTable:
                          f"{pp(r.delta_accuracy)} | {r.baseline_usage['mean']:.2f} → {r.steered_usage['mean']:.2f} | "
                          f"{r.delta_usage['mean']:+.2f} [{r.delta_usage['low']:+.2f}, {r.delta_usage['high']:+.2f}] | "
                          f"{kept} ({r.mode_share:.0%}) | {r.note} |")
-        lines += ["", "| class | steered | random latents (matched) | random masks (same usage) | best fixed subset (same size) | "
+        lines += ["", "| class | steered | random latents (matched; mean, usage range over draws) | random masks (same usage) | best fixed subset (same size) | "
                   "ceiling | floor | off-target Δ acc / Δ usage |", "|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
             c = r.controls
             fixed = c["fixed_subset"]
             lines.append(f"| {r.name} | {r.steered_accuracy['mean']:.1%} @ {r.steered_usage['mean']:.2f} | "
-                         f"{c['random_latents']['accuracy']:.1%} @ {c['random_latents']['usage']:.2f} | "
+                         f"{c['random_latents']['accuracy']:.1%} @ {c['random_latents']['usage']:.2f} "
+                         f"(usage {c['random_latents']['usage_range'][0]:.2f}–{c['random_latents']['usage_range'][1]:.2f}) | "
                          f"{c['random_masks']['accuracy']:.1%} @ {c['random_masks']['usage']:.2f} | "
                          f"{fixed['accuracy']['mean']:.1%} (heads {fixed['heads']}) | {c['ceiling']['mean']:.1%} | {c['floor']['mean']:.1%} | "
                          f"{c['off_target']['delta_accuracy'] * 100:+.1f} pp / {c['off_target']['delta_usage']:+.2f} |")
@@ -245,7 +246,8 @@ def per_class_circuits(val: SweepEngine, test: SweepEngine, stats: LatentStatist
             keep_rate_before=test_base.masks[test_rows].mean(0).tolist(), keep_rate_after=steered.masks[test_rows].float().mean(0).tolist(),
             controls={
                 "random_latents": {"accuracy": sum(random_acc) / len(random_acc), "usage": sum(random_usage) / len(random_usage),
-                                   "n_draws": settings.n_random},
+                                   "accuracy_range": [min(random_acc), max(random_acc)],
+                                   "usage_range": [min(random_usage), max(random_usage)], "n_draws": settings.n_random},
                 "random_masks": {"accuracy": sum(mask_acc) / len(mask_acc), "usage": p_keep, "n_draws": settings.n_random},
                 "fixed_subset": {"heads": subsets[best].nonzero().squeeze(1).tolist(),
                                  "accuracy": _ci(test_subset_correct[best][test_rows], seed + 6)},
