@@ -8,7 +8,7 @@ import pytest
 import sae_lens
 import torch
 
-import vit_interp.sae.files as sae_files
+import vit_interp.loading.pretrained as pretrained
 from tests.micro import micro_model
 from vit_interp.cli import main
 from vit_interp.data import ImageDataset
@@ -160,7 +160,7 @@ def test_load_sae_checks_the_sae_against_the_model(tmp_path, model, images, monk
     (tmp_path / "broken" / "sae_weights.safetensors").write_bytes(b"")
     with pytest.raises(DataError, match="cannot load the SAE in .*broken with sae-lens"):
         load_sae(tmp_path / "broken")
-    monkeypatch.setattr(sae_files, "PRETRAINED_DIR", tmp_path)  # shipped SAEs are folders in vit_interp/pretrained/
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path)  # shipped SAEs are folders in vit_interp/pretrained/
     assert available_saes() == ["bad_hook", "broken", "no_hook", "ok", "wide"]
     assert load_sae("ok", model=model).cfg.metadata.hook_name == HOOK
 

@@ -27,7 +27,7 @@ from vit_interp.errors import ConfigError
 from vit_interp.gating.gumbel import gumbel_sigmoid, keep_decisions
 from vit_interp.hooked_vit import HookedViT
 from vit_interp.io import save_json_atomic, save_tensors_atomic
-from vit_interp.loading.pretrained import PRETRAINED_DIR
+from vit_interp.loading.pretrained import resolve_folder, shipped
 
 PRESETS = ("final", "adavit")
 GATE_WEIGHTS, GATE_SPEC = "gate.safetensors", "gate.json"
@@ -36,9 +36,12 @@ Hook = Callable[[Tensor, HookPoint], Optional[Tensor]]
 
 def available_gates() -> list[str]:
     """Names of the gates shipped with vit-interp (``HeadGate.load(name)`` works offline)."""
-    if not PRETRAINED_DIR.is_dir():
-        return []
-    return sorted(d.name for d in PRETRAINED_DIR.iterdir() if (d / GATE_SPEC).is_file() and (d / GATE_WEIGHTS).is_file())
+    return shipped((GATE_SPEC, GATE_WEIGHTS))
+
+
+def resolve_gate_dir(name_or_path: str | os.PathLike) -> Path:
+    """A folder written by `HeadGate.save`, or the name of a shipped gate."""
+    return resolve_folder(name_or_path, (GATE_SPEC, GATE_WEIGHTS), "gate")
 
 
 def mask_hook_name(layer: int) -> str:
@@ -147,12 +150,7 @@ class HeadGate(nn.Module):
     @classmethod
     def load(cls, name_or_path: str | os.PathLike) -> "HeadGate":
         """Rebuild a gate written by `save`, from its folder or a shipped gate's name (`available_gates`)."""
-        directory = Path(name_or_path)
-        if not (directory / GATE_SPEC).is_file() and str(name_or_path) in available_gates():
-            directory = PRETRAINED_DIR / str(name_or_path)
-        if not (directory / GATE_SPEC).is_file() or not (directory / GATE_WEIGHTS).is_file():
-            raise ConfigError(f"{directory} holds no gate ({GATE_SPEC} + {GATE_WEIGHTS}) and is not a shipped gate "
-                              f"({available_gates() or 'none shipped'}); save one with gate.save(folder)")
+        directory = resolve_gate_dir(name_or_path)
         gate = cls(**json.loads((directory / GATE_SPEC).read_text())["gate"])
         gate.load_state_dict(load_file(str(directory / GATE_WEIGHTS)))
         return gate
@@ -162,11 +160,7 @@ class HeadGate(nn.Module):
     @staticmethod
     def load_card(name_or_path: str | os.PathLike) -> dict:
         """The card saved with a gate (command, settings, test results), by folder or shipped name."""
-        directory = Path(name_or_path)
-        if not (directory / GATE_SPEC).is_file() and str(name_or_path) in available_gates():
-            directory = PRETRAINED_DIR / str(name_or_path)
-        if not (directory / GATE_SPEC).is_file():
-            raise ConfigError(f"{directory} holds no gate ({GATE_SPEC}); shipped gates: {available_gates() or 'none'}")
+        directory = resolve_gate_dir(name_or_path)
         return json.loads((directory / GATE_SPEC).read_text())["card"]
 
     # Hooks -------------------------------------------------------------------------------------------

@@ -25,24 +25,33 @@ CARD_FILE = "card.json"
 CARD_MARKDOWN_FILE = "README.md"
 
 
-def available_models() -> list[str]:
-    """Names of the models shipped with vit-interp (loadable offline by name)."""
+def shipped(files: tuple[str, ...]) -> list[str]:
+    """Names of the folders in ``vit_interp/pretrained/`` that hold all of ``files`` (models, gates, SAEs)."""
     if not PRETRAINED_DIR.is_dir():
         return []
-    return sorted(d.name for d in PRETRAINED_DIR.iterdir() if (d / CONFIG_FILE).is_file() and (d / WEIGHTS_FILE).is_file())
+    return sorted(d.name for d in PRETRAINED_DIR.iterdir() if all((d / f).is_file() for f in files))
+
+
+def resolve_folder(name_or_path: Union[str, Path], files: tuple[str, ...], kind: str) -> Path:
+    """A folder holding ``files``, or the name of a shipped one; otherwise a one-line `ConfigError` about ``kind``."""
+    path = Path(name_or_path)
+    if all((path / f).is_file() for f in files):
+        return path
+    names = shipped(files)
+    if str(name_or_path) in names:
+        return PRETRAINED_DIR / str(name_or_path)
+    raise ConfigError(f"no {kind} {str(name_or_path)!r}: not a shipped {kind} ({names or 'none shipped'}) and not a "
+                      f"folder with {' and '.join(files)}")
+
+
+def available_models() -> list[str]:
+    """Names of the models shipped with vit-interp (loadable offline by name)."""
+    return shipped((CONFIG_FILE, WEIGHTS_FILE))
 
 
 def resolve_model_dir(name_or_path: Union[str, Path]) -> Path:
     """A shipped model's name, or a folder written by `save_pretrained` / ``vit-interp train``."""
-    path = Path(name_or_path)
-    if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
-        return path
-    if str(name_or_path) in available_models():
-        return PRETRAINED_DIR / str(name_or_path)
-    raise ConfigError(
-        f"no model {str(name_or_path)!r}: not a shipped model ({available_models() or 'none shipped'}) and not a "
-        f"folder with {CONFIG_FILE} and {WEIGHTS_FILE}"
-    )
+    return resolve_folder(name_or_path, (CONFIG_FILE, WEIGHTS_FILE), "model")
 
 
 def save_pretrained(model: HookedViT, directory: Union[str, Path], card: Optional[dict[str, Any]] = None) -> Path:

@@ -19,10 +19,10 @@ import torch
 from vit_interp.errors import ConfigError, DataError
 from vit_interp.hooked_vit import HookedViT
 from vit_interp.io import save_json_atomic, save_text_atomic
+from vit_interp.loading.pretrained import resolve_folder, shipped
 
 logger = logging.getLogger(__name__)
 
-PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 SAE_CONFIG_FILE = "cfg.json"  # sae-lens' file names (sae_lens.constants)
 SAE_WEIGHTS_FILE = "sae_weights.safetensors"
 CARD_FILE = "card.json"
@@ -33,23 +33,12 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def available_saes() -> list[str]:
     """Names of the SAEs shipped with vit-interp (folders in ``vit_interp/pretrained/`` holding an SAE)."""
-    if not PRETRAINED_DIR.is_dir():
-        return []
-    return sorted(d.name for d in PRETRAINED_DIR.iterdir()
-                  if (d / SAE_CONFIG_FILE).is_file() and (d / SAE_WEIGHTS_FILE).is_file())
+    return shipped((SAE_CONFIG_FILE, SAE_WEIGHTS_FILE))
 
 
 def resolve_sae_dir(name_or_path: Any) -> Path:
     """A folder holding an SAE in sae-lens format, or the name of a shipped SAE."""
-    path = Path(name_or_path)
-    if (path / SAE_CONFIG_FILE).is_file() and (path / SAE_WEIGHTS_FILE).is_file():
-        return path
-    if str(name_or_path) in available_saes():
-        return PRETRAINED_DIR / str(name_or_path)
-    raise ConfigError(
-        f"no SAE {str(name_or_path)!r}: not a shipped SAE ({available_saes() or 'none shipped'}) and not a folder "
-        f"with {SAE_CONFIG_FILE} and {SAE_WEIGHTS_FILE}"
-    )
+    return resolve_folder(name_or_path, (SAE_CONFIG_FILE, SAE_WEIGHTS_FILE), "SAE")
 
 
 def save_sae(sae: Any, path: PathLike, card: Optional[dict[str, Any]] = None) -> Path:
