@@ -214,7 +214,7 @@ def head_class_dla(
     sums = torch.zeros(n_heads + 3, n_sel, dtype=torch.float64)  # heads, b_O, attn_out, logit
     keep = torch.zeros(n_heads, n_sel, dtype=torch.float64)
     gates_layer = gate is not None and layer in gate.layers
-    gated = gate.attached(model) if gate is not None and id(model) not in gate._attached else contextlib.nullcontext()
+    gated = gate.attached(model) if gate is not None else contextlib.nullcontext()  # attached() never gates twice
     start = 0
     with torch.no_grad(), gated:
         for images in model_batches(data.images, model.cfg, device, batch_size, f"DLA layer {layer}", progress):

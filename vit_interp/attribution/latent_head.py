@@ -241,7 +241,7 @@ def _splice(model: HookedViT, sae: Any, tokens: str) -> Any:
 
 def _other_layers_gated(model: HookedViT, gate: HeadGate, layer: int) -> Any:
     """The gate's other layers active during the harvest (a no-op if the gate is attached already)."""
-    if id(model) in gate._attached:
+    if gate.is_attached(model):
         return contextlib.nullcontext()
     own = {gate.read_hooks[layer], f"blocks.{layer}.attn.hook_head_mask"}
     pairs = [(name, fn) for name, fn in gate.fwd_hooks() if name not in own]
@@ -505,7 +505,7 @@ def latent_ablation_effect(
     model.eval()
     token, tokens = gate_token(model, gate)
     effects = torch.zeros(len(chosen), gate.n_heads, dtype=torch.float64)
-    gated = contextlib.nullcontext() if id(model) in gate._attached else gate.attached(model)
+    gated = gate.attached(model)  # a no-op context if the gate is attached already
     device = model.embed.W_E.device
     with torch.no_grad(), _splice(model, sae, tokens), gated:
         for images in model_batches(dataset.images, model.cfg, device, batch_size, "latent ablation", progress):

@@ -233,6 +233,10 @@ class HeadGate(nn.Module):
             hook_point.fwd_hooks = keep
         self._inputs.clear()
 
+    def is_attached(self, model: HookedViT) -> bool:
+        """Whether this gate is attached to ``model`` permanently (`attach`)."""
+        return id(model) in self._attached
+
     @contextmanager
     def attached(self, model: HookedViT) -> Iterator[HookedViT]:
         """``with gate.attached(model): ...`` gates the model inside the block only.

@@ -179,8 +179,7 @@ def evaluate_sae(
     def grab(activation: Tensor, hook: Any) -> None:
         captured.append(activation)
 
-    gated = gate is not None and id(model) not in gate._attached
-    with (gate.attached(model) if gated else contextlib.nullcontext()):  # type: ignore[union-attr]
+    with (gate.attached(model) if gate is not None else contextlib.nullcontext()):  # attached() never gates twice
         with model.saes([sae], use_error_term=False, tokens=tokens):
             spliced = model.spliced(hook_name)
             start = 0

@@ -74,7 +74,7 @@ def check_wiring(model: HookedViT, gate: HeadGate, sae: Any, spec: Optional[Stee
                           "steering needs an SAE trained on the gate's input")
     if gate.token != 0:
         raise ConfigError(f"the gate reads token {gate.token}; steering splices the SAE on the class token (0) only")
-    if id(model) in gate._attached:
+    if gate.is_attached(model):
         raise ConfigError("the gate is attached to the model permanently; detach it (gate.detach(model)) — steering "
                           "attaches it reading the SAE's output")
     if spec is not None:
